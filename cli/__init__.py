@@ -1,0 +1,27 @@
+"""The ``rdpo-zoo`` command line. Thin: it parses, asks the engine and the registry, and prints.
+
+Heavy modules (torch, diffusers, peft) are imported inside the commands, so ``rdpo-zoo --help`` is instant.
+Each command lives in its own module of this package and is added to the group below.
+"""
+
+from __future__ import annotations
+
+import click
+
+from rdpo_zoo import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="rdpo-zoo")
+def main() -> None:
+    """Step-wise DPO-style preference alignment of text-to-image diffusion models."""
+
+
+def _add_commands() -> None:
+    from rdpo_zoo.cli import env_cmd, schedule_cmd
+
+    main.add_command(env_cmd.env)
+    main.add_command(schedule_cmd.schedule)
+
+
+_add_commands()
