@@ -18,10 +18,11 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from rdpo_zoo.cli import env_cmd, schedule_cmd
+    from rdpo_zoo.cli import env_cmd, plugins_cmd, schedule_cmd
 
     main.add_command(env_cmd.env)
     main.add_command(schedule_cmd.schedule)
+    main.add_command(plugins_cmd.plugins)
 
 
 _add_commands()

@@ -25,6 +25,27 @@ _EXPORTS = {
     "PairwiseLoss": "rdpo_zoo.losses",
     "Penalty": "rdpo_zoo.losses",
     "LossInputs": "rdpo_zoo.losses",
+    # plugins: the hook marker, the parts a plugin registers, and the registry (none of these import torch)
+    "hookimpl": "rdpo_zoo.hookspecs",
+    "Option": "rdpo_zoo.parts",
+    "OptionError": "rdpo_zoo.parts",
+    "EstimatorPart": "rdpo_zoo.parts",
+    "LossPart": "rdpo_zoo.parts",
+    "PenaltyPart": "rdpo_zoo.parts",
+    "RewardPart": "rdpo_zoo.parts",
+    "ModelPart": "rdpo_zoo.parts",
+    "Preset": "rdpo_zoo.parts",
+    "register": "rdpo_zoo.registry",
+    "unregister": "rdpo_zoo.registry",
+    "get_part": "rdpo_zoo.registry",
+    "list_parts": "rdpo_zoo.registry",
+    "get_registry": "rdpo_zoo.registry",
+    "temporary_registry": "rdpo_zoo.registry",
+    "build_loss": "rdpo_zoo.registry",
+    "merge_settings": "rdpo_zoo.registry",
+    "Objective": "rdpo_zoo.registry",
+    "UnknownPartError": "rdpo_zoo.registry",
+    "DuplicatePartError": "rdpo_zoo.registry",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
