@@ -1,0 +1,209 @@
+"""Fused preference loss: paired log-ratios, the pairwise loss with its penalty, and dL/dr, in two launches
+(the streaming ``_partials_kernel`` of ``log_ratio.py`` and the one-program epilogue below); the backward is the
+shared ``_backward_kernel``, fed with ``c = dL/dr`` and the upstream scalar gradient.
+
+The formulas are those of ``rdpo_zoo.losses`` (the definition), for each pair with raw log-ratios ``r_w, r_l``:
+
+    ĉ_k  = clamp(r_k, log(1 − ε), log(1 + ε))  (if clamp_eps; gradient 1 inside [lo, hi], 0 outside, as torch)
+    pen  = psi: relu(r_l) | psi-literal: −relu(r_l) | dpop: relu(−r_w)      (of the *unclamped* r)
+    z    = β·(ĉ_w − ĉ_l) − λ·pen   (placement "inside"; "outside": z = β·(ĉ_w − ĉ_l))
+    f(z) = dpo: softplus(−z) | ipo: (z/β − 1/(2β))² | hinge: relu(1 − z)
+    L    = mean_p [ f(z) (+ λ·pen outside) ]
+
+and their derivatives (each pair's c_k = dL/dr_k, for the batch mean hence the 1/P):
+
+    f'(z)  = dpo: −σ(−z)  (torch's softplus: −1 exactly when −z > 20) | ipo: 2·(z/β − 1/(2β))/β | hinge: −[1 − z > 0]
+    c_w    = (f'(z)·(β·[lo ≤ r_w ≤ hi] − λ·∂pen/∂r_w) + λ·∂pen/∂r_w·[outside]) / P    (−λ… only inside)
+    c_l    = (f'(z)·(−β·[lo ≤ r_l ≤ hi] − λ·∂pen/∂r_l) + λ·∂pen/∂r_l·[outside]) / P
+
+relu' follows torch (``threshold_backward`` on the result): 0 where relu(x) ≤ 0, else 1 — so NaN passes as 1, and
+NaN inputs give NaN losses, log-ratios and gradients exactly where the reference gives them. softplus is
+``x if x > 20 else log1p(exp(x))`` like torch's (threshold 20), with an exact log1p (Goldberg's
+``log(v)·u/(v − 1)``, v = 1 + u) since libdevice's is not available everywhere: it never overflows for huge |z|.
+Scalars (β, λ, clamp bounds) are passed as float32 (hi, lo) pairs and summed in the accumulation dtype, so the
+fp64 path sees them to ~2⁻⁴⁸ relative without recompiling per value.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from rdpo_zoo.reference import PairedInputs
+
+from .log_ratio import (
+    _DeviceGuard,
+    _acc_dtype,
+    _epilogue_blocks,
+    _ratio_scale,
+    _reduce_partials,
+    choose_launch_config,
+    launch_backward,
+    launch_partials,
+)
+
+__all__ = ["FUSED_LOSSES", "FUSED_PENALTIES", "FusedPreferenceLossFunction", "preference_loss_triton"]
+
+#: ``PairwiseLoss.fused`` / ``Penalty.fused`` names this kernel knows, and their compile-time codes.
+FUSED_LOSSES = {"dpo": 1, "ipo": 2, "hinge": 3}
+FUSED_PENALTIES = {"psi": 1, "psi-literal": 2, "dpop": 3}
+
+
+@triton.jit
+def _relu(x):
+    # torch.relu: keeps NaN (NaN < 0 is false)
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def _relu_grad(relu_x):
+    # torch's threshold_backward on relu's result: 0 where result ≤ 0, else 1 (NaN → 1)
+    return tl.where(relu_x <= 0.0, 0.0, 1.0)
+
+
+@triton.jit
+def _log1p_exp(x):
+    # log(1 + e^x) for x ≤ 20, exact to a few ulps at every scale: u = e^x, v = 1 + u, log1p(u) = log(v)·u/(v − 1)
+    u = tl.exp(x)
+    v = 1.0 + u
+    return tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0)))
+
+
+@triton.jit
+def _preference_epilogue_kernel(
+    part_ptr, b_ptr, sig_ptr, r_ptr, c_ptr, loss_ptr, P, N_CHUNKS, D,
+    beta_hi, beta_lo, lam_hi, lam_lo, lo_hi, lo_lo, hi_hi, hi_lo,
+    MEAN: tl.constexpr, LOSS: tl.constexpr, PENALTY: tl.constexpr, INSIDE: tl.constexpr, CLAMP: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    zero = tl.zeros([BLOCK_P], dtype=ACC)
+    beta = zero + beta_hi + beta_lo
+    lam = zero + lam_hi + lam_lo
+    lo = zero + lo_hi + lo_lo
+    hi = zero + hi_hi + hi_lo
+    total = tl.zeros([BLOCK_P], dtype=ACC)
+    for p0 in range(0, P, BLOCK_P):
+        rows = p0 + tl.arange(0, BLOCK_P)
+        m = rows < P
+        bs = _ratio_scale(b_ptr, sig_ptr, rows, m, D, MEAN, ACC)
+        r_w = _reduce_partials(part_ptr, rows, m, N_CHUNKS, 0, ACC, BLOCK_P, BLOCK_C) * bs
+        r_l = _reduce_partials(part_ptr, rows, m, N_CHUNKS, 1, ACC, BLOCK_P, BLOCK_C) * bs
+        tl.store(r_ptr + rows * 2, r_w, mask=m)
+        tl.store(r_ptr + rows * 2 + 1, r_l, mask=m)
+        # the ratio clamp (a where-chain keeps NaN, unlike min/max) and its gradient mask, as torch.clamp
+        if CLAMP:
+            q_w = tl.where(r_w < lo, lo, tl.where(r_w > hi, hi, r_w))
+            q_l = tl.where(r_l < lo, lo, tl.where(r_l > hi, hi, r_l))
+            dq_w = tl.where((r_w >= lo) & (r_w <= hi), 1.0, 0.0)
+            dq_l = tl.where((r_l >= lo) & (r_l <= hi), 1.0, 0.0)
+        else:
+            q_w = r_w
+            q_l = r_l
+            dq_w = zero + 1.0
+            dq_l = zero + 1.0
+        z = beta * (q_w - q_l)
+        # the penalty (of the unclamped r) and its partial derivatives
+        pen = zero
+        dpen_w = zero
+        dpen_l = zero
+        if PENALTY == 1:  # psi: relu(r_l)
+            pen = _relu(r_l)
+            dpen_l = _relu_grad(pen)
+        elif PENALTY == 2:  # psi-literal: −relu(r_l)
+            relu_l = _relu(r_l)
+            pen = -relu_l
+            dpen_l = -_relu_grad(relu_l)
+        elif PENALTY == 3:  # dpop: relu(−r_w)
+            pen = _relu(-r_w)
+            dpen_w = -_relu_grad(pen)
+        if PENALTY != 0:
+            if INSIDE:
+                z = z - lam * pen
+        # the loss f(z) and f'(z)
+        if LOSS == 1:  # dpo: softplus(−z), torch's threshold 20
+            x = -z
+            big = x > 20.0
+            f = tl.where(big, x, _log1p_exp(tl.where(big, 0.0, x)))
+            e = tl.exp(tl.where(big, 0.0, x))
+            dfdz = -tl.where(big, 1.0, e / (e + 1.0))
+        elif LOSS == 2:  # ipo: (z/β − 1/(2β))²
+            u = z / beta - 1.0 / (2.0 * beta)
+            f = u * u
+            dfdz = 2.0 * u / beta
+        else:  # hinge: relu(1 − z)
+            f = _relu(1.0 - z)
+            dfdz = -_relu_grad(f)
+        c_w = dfdz * (beta * dq_w)
+        c_l = dfdz * (-beta * dq_l)
+        if PENALTY != 0:
+            if INSIDE:
+                c_w = c_w - dfdz * lam * dpen_w
+                c_l = c_l - dfdz * lam * dpen_l
+            else:
+                f = f + lam * pen
+                c_w = c_w + lam * dpen_w
+                c_l = c_l + lam * dpen_l
+        tl.store(c_ptr + rows * 2, c_w / P, mask=m)
+        tl.store(c_ptr + rows * 2 + 1, c_l / P, mask=m)
+        total += tl.where(m, f, 0.0)
+    tl.store(loss_ptr, tl.sum(total, axis=0) / P)
+
+
+def _split(value: float) -> tuple[float, float]:
+    """``value`` as float32 (hi, lo) with hi + lo = value to ~2⁻⁴⁸ relative (inf beyond the float32 range)."""
+    try:
+        hi = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return (float("inf") if value > 0 else float("-inf")), 0.0
+    lo = struct.unpack("f", struct.pack("f", value - hi))[0]
+    return hi, lo
+
+
+class FusedPreferenceLossFunction(torch.autograd.Function):
+    """``(loss, r)``: the batch loss (0-dim, compute dtype) and the log-ratios ``[P, 2]`` (not differentiable:
+    for metrics). Gradients flow from ``loss`` to whichever of ``y``, ``x_t``, ``o_theta``, ``o_ref`` require them.
+    """
+
+    @staticmethod
+    def forward(ctx, y, x_t, o_theta, o_ref, spec: PairedInputs, mean: bool, loss_code: int, penalty_code: int,
+                inside: bool, beta: float, psi_lambda: float, clamp_bounds):
+        config = choose_launch_config(spec.P, spec.D, spec.device)
+        partials = launch_partials(y, x_t, o_theta, o_ref, spec, config)
+        P, n_chunks = spec.P, config.n_chunks
+        r = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
+        c = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
+        loss = torch.empty((), device=spec.device, dtype=spec.compute_dtype)
+        lo, hi = clamp_bounds if clamp_bounds is not None else (0.0, 0.0)
+        block_p, block_c = _epilogue_blocks(P, n_chunks)
+        with _DeviceGuard(spec.device):
+            _preference_epilogue_kernel[(1,)](
+                partials, spec.b, spec.sigma, r, c, loss, P, n_chunks, spec.D,
+                *_split(beta), *_split(psi_lambda), *_split(lo), *_split(hi),
+                MEAN=mean, LOSS=loss_code, PENALTY=penalty_code, INSIDE=inside, CLAMP=clamp_bounds is not None,
+                ACC=_acc_dtype(spec), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+            )
+        ctx.save_for_backward(y, x_t, o_theta, o_ref, c)
+        ctx.spec, ctx.mean, ctx.config = spec, mean, config
+        ctx.mark_non_differentiable(r)
+        return loss, r
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_r):
+        y, x_t, o_theta, o_ref, c = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:4])
+        g = grad_loss.reshape(()).to(c.dtype)
+        grads = launch_backward((y, x_t, o_theta, o_ref), needs, ctx.spec, ctx.mean, ctx.config, c, g)
+        return (*grads, None, None, None, None, None, None, None, None)
+
+
+def preference_loss_triton(y, x_t, o_theta, o_ref, spec: PairedInputs, reduction: str, loss_code: int,
+                           penalty_code: int, inside: bool, beta: float, psi_lambda: float, clamp_bounds):
+    """The fused op on validated inputs; ``clamp_bounds`` is ``(log(1 − ε), log(1 + ε))`` or ``None``."""
+    return FusedPreferenceLossFunction.apply(
+        y, x_t, o_theta, o_ref, spec, reduction == "mean", loss_code, penalty_code, inside, float(beta),
+        float(psi_lambda), clamp_bounds,
+    )
