@@ -71,6 +71,11 @@ def closest(name: str, known: Iterable[str]) -> Optional[str]:
     return matches[0] if matches else None
 
 
+def _suggest(hint: Optional[str]) -> str:
+    """The end of an "unknown name" sentence: ``; did you mean 'x'?`` or ``.``."""
+    return f"; did you mean {hint!r}?" if hint else "."
+
+
 class OptionError(ValueError):
     """A bad option value or an unknown option name; the message names the part and the option."""
 
@@ -332,8 +337,8 @@ class Part:
         hint = closest(name, known)
         raise OptionError(
             f"{self.label} has no option {name!r}"
-            + (f"; did you mean {hint!r}?" if hint else "")
-            + (f" Its options: {', '.join(known)}" if known else f" It takes no options")
+            + _suggest(hint)
+            + (f" Its options: {', '.join(known)}" if known else " It takes no options")
         )
 
     def defaults(self) -> dict:
@@ -581,7 +586,7 @@ def _check_settings(settings: Mapping[str, Any], where: str) -> dict:
             hint = closest(key, _SETTINGS_BY_NAME)
             raise OptionError(
                 f"{where}: unknown setting {key!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
+                + _suggest(hint)
                 + f" Known settings: {', '.join(_SETTINGS_BY_NAME)}"
             )
         out[key] = option.convert(value, where=f"{where} setting {key!r}")

@@ -55,6 +55,7 @@ from rdpo_zoo.parts import (
     Preset,
     Source,
     _check_settings,
+    _suggest,
     closest,
 )
 
@@ -234,7 +235,7 @@ class Registry:
         try:
             self._add(info, obj)
         except Exception as error:  # noqa: BLE001
-            info.error = _error_text(error)
+            info.error = str(error) if isinstance(error, PluginError) else _error_text(error)
             info.traceback = traceback.format_exc()
 
     def _add(self, info: PluginInfo, obj) -> None:
@@ -243,14 +244,15 @@ class Registry:
         if pm.is_registered(obj):
             other = next((p for p in self._plugins.values() if p.obj is obj), None)
             raise ValueError(f"the same plugin object is already registered as {other.name if other else '?'!r}")
+        for attribute in dir(obj):
+            if attribute not in hookspecs.HOOKS and pm.parse_hookimpl_opts(obj, attribute) is not None:
+                hint = closest(attribute, hookspecs.HOOKS)
+                raise PluginError(
+                    f"unknown hook {attribute!r}" + _suggest(hint)
+                    + f" The hooks are: {', '.join(hookspecs.HOOKS)}"
+                )
         pm.register(obj, name=info.name)
         try:
-            try:
-                pm.check_pending()
-            except pluggy.PluginValidationError as error:
-                raise pluggy.PluginValidationError(
-                    obj, f"{error}; the hooks are: {', '.join(hookspecs.HOOKS)}"
-                ) from None
             staged: list[Part] = []
             hooks = []
             for hook_name, kind in hookspecs.HOOKS.items():
@@ -338,7 +340,7 @@ class Registry:
         if kind not in KINDS:
             hint = closest(kind, KINDS)
             raise ValueError(
-                f"kind: unknown kind of part {kind!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                f"kind: unknown kind of part {kind!r}" + _suggest(hint)
                 + f" Kinds: {', '.join(KINDS)}"
             )
 
@@ -351,8 +353,7 @@ class Registry:
             known = self.names(kind)
             hint = closest(name, known)
             message = f"{kind}: unknown {kind} {name!r}"
-            if hint:
-                message += f"; did you mean {hint!r}?"
+            message += _suggest(hint)
             message += f" Known {PLURALS[kind]}: {', '.join(known) if known else 'none'}"
             broken = [p for p in self._plugins.values() if p.broken]
             if broken:
