@@ -1,0 +1,64 @@
+"""``rdpo-zoo sample``: draw images for a prompt set, save a captioned grid and every image's rewards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--model", default="tiny", show_default=True,
+              help="'tiny' (the embedded model), a pipeline folder, or a hub id (the only case that downloads).")
+@click.option("--prompts", "prompt_set", default="ood", show_default=True,
+              help="Prompt set: 'train', 'ood', 'all', or a text file with one prompt per line (cycled to fill -n).")
+@click.option("-n", "--num-images", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Images to draw.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for grid.png and rewards.json (created if missing).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial latents and of the η noise.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps.")
+@click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="DDIM η (1 = the paper's).")
+@click.option("--guidance", default=3.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per pipeline call.")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size, device):
+    """Sample a model and write OUT/grid.png (prompts as captions) and OUT/rewards.json (every reward of every image,
+    and the world checker's reading when the prompts are world prompts)."""
+    import torch
+
+    from rdpo_zoo import world
+    from rdpo_zoo.embedded import load_pipeline
+    from rdpo_zoo.preview import caption_grid, cycle_prompts, sample_images, score_images
+
+    try:
+        prompts = cycle_prompts(world.prompt_set(prompt_set), n)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--prompts")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    pipe = load_pipeline(model, device=device)
+    images = sample_images(pipe, prompts, seed=seed, steps=steps, eta=eta, guidance_scale=guidance, batch_size=batch_size)
+    scores, checks, skipped = score_images(images, prompts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    caption_grid(images, prompts).save(out_dir / "grid.png")
+    records = []
+    for i, prompt in enumerate(prompts):
+        rec = {"index": i, "prompt": prompt, "rewards": {k: v[i] for k, v in scores.items()}}
+        if checks is not None:
+            rec["check"] = checks[i]
+        records.append(rec)
+    from rdpo_zoo.image_rewards import WORLD_REWARDS
+
+    report = {
+        "model": model, "prompts": prompt_set, "n": n, "seed": seed, "steps": steps, "eta": eta, "guidance": guidance,
+        "reward_scales": {k: WORLD_REWARDS[k].scale for k in scores if k in WORLD_REWARDS},
+        "mean_rewards": {k: sum(v) / len(v) for k, v in scores.items()},
+        "skipped_rewards": skipped,
+        "images": records,
+    }
+    if checks is not None:
+        report["check_rates"] = world.evaluate(images, prompts)
+    (out_dir / "rewards.json").write_text(json.dumps(report, indent=2))
+    click.echo(json.dumps({"grid": str(out_dir / "grid.png"), "rewards": str(out_dir / "rewards.json"),
+                           "mean_rewards": report["mean_rewards"], **({"check_rates": report["check_rates"]} if checks else {})},
+                          indent=2))

@@ -1,0 +1,47 @@
+"""Built-in parts of the embedded world: the ``tiny`` model and the pixel rewards (JPEG (in)compressibility for any
+model; the world's prompt fidelity and aesthetic-like score). See docs/world.md.
+
+Factories are named as ``module:attribute`` strings, so loading this plugin imports neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import rdpo_zoo
+from rdpo_zoo import ModelPart, Option, RewardPart
+
+
+def build_tiny(device: str = "cpu", dtype: str = "float32"):
+    """The embedded tiny ``StableDiffusionPipeline`` (no network)."""
+    import torch
+
+    from rdpo_zoo.embedded import load_tiny_pipeline
+
+    return load_tiny_pipeline(device=device, dtype=getattr(torch, dtype))
+
+
+@rdpo_zoo.hookimpl
+def register_models(register):
+    register(
+        ModelPart(
+            "tiny",
+            "the embedded 64×64 text-to-image pipeline of the shapes world (ships with the package; the default)",
+            build_tiny,
+            (
+                Option("device", str, "cpu", "torch device to load it on"),
+                Option("dtype", str, "float32", "the weights' dtype", choices=("float32", "float16", "bfloat16")),
+            ),
+        )
+    )
+
+
+@rdpo_zoo.hookimpl
+def register_rewards(register):
+    quality = (Option("quality", int, 95, "JPEG quality (DDPO's code uses 95)", min=1, max=95),)
+    register(RewardPart("compressibility", "negative JPEG size in kB at quality 95 (DDPO), any model",
+                        "rdpo_zoo.image_rewards:JpegCompressibility", quality))
+    register(RewardPart("incompressibility", "JPEG size in kB at quality 95 (DDPO), any model",
+                        "rdpo_zoo.image_rewards:JpegIncompressibility", quality))
+    register(RewardPart("world-fidelity", "world prompts: soft probability of the asked background, colour and shape "
+                        "(differentiable)", "rdpo_zoo.image_rewards:WorldFidelity"))
+    register(RewardPart("world-aesthetic", "any image: contrast, centring and edge sharpness in [0, 1] "
+                        "(differentiable)", "rdpo_zoo.image_rewards:WorldAesthetic"))

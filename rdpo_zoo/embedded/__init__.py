@@ -1,0 +1,69 @@
+"""The embedded default model: a tiny text-to-image ``StableDiffusionPipeline`` shipped inside the package.
+
+``tiny/`` is an ordinary diffusers pipeline folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``; weights in fp16 safetensors) made by :mod:`rdpo_zoo.pretrain` from the world of
+:mod:`rdpo_zoo.world`; ``tiny/pretrain_config.json`` is the configuration that made it. It draws 64×64 images from
+4×16×16 latents and loads in about a second with no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+__all__ = ["TINY", "tiny_path", "load_tiny_pipeline", "load_pipeline", "EmbeddedModelMissingError"]
+
+TINY = "tiny"
+
+_HERE = Path(__file__).resolve().parent
+
+
+class EmbeddedModelMissingError(FileNotFoundError):
+    """The package was built without the embedded weights."""
+
+
+def tiny_path() -> Path:
+    """The folder of the embedded pipeline (raises if this install has none)."""
+    path = _HERE / "tiny"
+    if not (path / "model_index.json").is_file():
+        raise EmbeddedModelMissingError(
+            f"the embedded model is missing from {path}; rebuild it with `rdpo-zoo pretrain run` and "
+            "`rdpo-zoo pretrain export` (see docs/world.md), or reinstall the package"
+        )
+    return path
+
+
+def load_tiny_pipeline(device: Union[str, "torch.device"] = "cpu", dtype=None, path: Optional[Path] = None):
+    """The embedded ``StableDiffusionPipeline`` on ``device`` in ``dtype`` (float32 by default; the stored fp16
+    weights are upcast), progress bars off. ``path`` loads another folder of the same layout."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    dtype = torch.float32 if dtype is None else dtype
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
+    folder = Path(path) if path is not None else tiny_path()
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder), safety_checker=None, requires_safety_checker=False, torch_dtype=dtype, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_pipeline(model: str = TINY, device: Union[str, "torch.device"] = "cpu", dtype=None):
+    """A ``StableDiffusionPipeline`` by name: ``tiny`` (the embedded model), a local pipeline folder, or a hub id
+    (the only case that touches the network, and only because the user named it)."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model: expected 'tiny', a pipeline folder or a hub id, got {model!r}")
+    if model == TINY:
+        return load_tiny_pipeline(device=device, dtype=dtype)
+    if Path(model).is_dir():
+        return load_tiny_pipeline(device=device, dtype=dtype, path=Path(model))
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype or torch.float32
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
