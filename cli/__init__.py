@@ -18,11 +18,14 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from rdpo_zoo.cli import env_cmd, plugins_cmd, schedule_cmd
+    from rdpo_zoo.cli import env_cmd, plugins_cmd, pretrain_cmd, sample_cmd, schedule_cmd, world_cmd
 
     main.add_command(env_cmd.env)
     main.add_command(schedule_cmd.schedule)
     main.add_command(plugins_cmd.plugins)
+    main.add_command(sample_cmd.sample)
+    main.add_command(world_cmd.world_check)
+    main.add_command(pretrain_cmd.pretrain)
 
 
 _add_commands()
