@@ -445,10 +445,11 @@ def run(cfg: PretrainConfig, run_dir, max_minutes: float = 60.0) -> bool:
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
         saved = PretrainConfig.from_json(cfg_path)
-        # The step counts may be raised to continue a finished run; anything else would change what the
-        # checkpoints mean.
+        # The step counts may be raised to continue a finished run, and the bookkeeping may change; anything else
+        # would change what the checkpoints mean.
+        free = ("vae_steps", "unet_steps", "threads", "log_every", "checkpoint_every", "snapshot_every")
         for f in dataclasses.fields(PretrainConfig):
-            if f.name not in ("vae_steps", "unet_steps", "threads", "log_every") and getattr(saved, f.name) != getattr(cfg, f.name):
+            if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name):
                 raise ValueError(
                     f"config: {f.name} is {getattr(cfg, f.name)!r} but the run in {run_dir} was made with "
                     f"{getattr(saved, f.name)!r}; use a new run directory"
@@ -505,22 +506,32 @@ def build_pipeline(run_dir, snapshot: Optional[int] = None, dtype=torch.float32)
 
 def export(run_dir, out_dir, snapshot: Optional[int] = None, fp16: bool = True) -> Path:
     """Write the pipeline folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
-    ``scheduler/``) from a run's snapshot, weights in safetensors (fp16 unless ``fp16=False``), plus the config that
-    made it; the folder is replaced atomically."""
+    ``scheduler/``) from a run's snapshot, plus the config that made it; the folder is replaced atomically.
+
+    Weights are safetensors. With ``fp16`` the UNet's and the VAE's are stored in fp16 (diffusers upcasts them to the
+    requested dtype, fp32 by default, on load); the text encoder stays fp32 (0.5 MB) because transformers loads a
+    model in its stored dtype, and a plain ``from_pretrained`` would then feed fp16 embeddings to an fp32 UNet.
+    """
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     snap = _snapshot_dir(run_dir, snapshot)
     pipe = build_pipeline(run_dir, int(snap.name.split("-")[1]))
-    if fp16:
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-            m.to(torch.float16)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    if fp16:
+        for weights in list((tmp / "unet").glob("*.safetensors")) + list((tmp / "vae").glob("*.safetensors")):
+            state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+            save_file(state, weights, metadata={"format": "pt"})
+    # The slow CLIPTokenizer (and transformers 4) read the byte-level BPE files, not tokenizer.json: ship both.
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(run_dir / "tokenizer" / name, tmp / "tokenizer" / name)
     cfg = json.loads((run_dir / "config.json").read_text())
-    (tmp / "pretrain_config.json").write_text(json.dumps({**cfg, "exported_snapshot": snap.name}, indent=2))
+    (tmp / "pretrain_config.json").write_text(json.dumps({**cfg, "exported_snapshot": snap.name}, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
