@@ -95,10 +95,18 @@ def load_pipeline(
     import torch
 
     cls = getattr(diffusers, pipeline_class)
+    # diffusers renamed torch_dtype to dtype (huggingface/diffusers#14205) and warns on the old name; older
+    # versions ignore an unknown `dtype` silently, so ask which one this version reads
+    try:
+        from diffusers.utils import deprecation_utils
+
+        dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    except ImportError:
+        dtype_key = "torch_dtype"
     try:
         return cls.from_pretrained(
             model_id,
-            torch_dtype=getattr(torch, dtype),
+            **{dtype_key: getattr(torch, dtype)},
             revision=revision,
             variant=variant,
             cache_dir=cache_dir,
