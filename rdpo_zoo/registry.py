@@ -578,9 +578,11 @@ def merge_settings(
     - with ``check_parts`` (the default) the estimator, loss and penalty are looked up in the registry and their
       options typed and filled with defaults, so a typo fails here, naming the option.
     """
-    registry_ = registry
+    def lookup(kind: str, name: str) -> Part:  # the setting's name is the kind's: estimator, loss, penalty
+        return (registry or get_registry()).get(kind, name)
+
     if isinstance(preset, str):
-        preset = (registry_ or get_registry()).get("preset", preset)
+        preset = lookup("preset", preset)
     if isinstance(preset, Preset):
         base, where = dict(preset.settings), f"preset {preset.name!r}"
     else:
@@ -588,36 +590,27 @@ def merge_settings(
     settings = {o.name: (dict(o.default) if isinstance(o.default, dict) else o.default) for o in SETTINGS}
     settings.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()})
     given = _check_settings({k: v for k, v in (overrides or {}).items() if v is not None}, "overrides")
-    for part_key, options_key in PART_SETTINGS.items():
-        if part_key in given and given[part_key] != settings[part_key] and settings[options_key]:
+    for kind, options_key in PART_SETTINGS.items():
+        if kind in given and given[kind] != settings[kind] and settings[options_key]:
+            # another part than the preset's: keep the preset's options that the new part also has
             kept = {}
-            if check_parts and given[part_key] is not None:
-                new = (registry_ or get_registry()).get(_kind_of(part_key), given[part_key])
-                declared = {o.name for o in new.all_options}
+            if check_parts and given[kind] is not None:
+                declared = {o.name for o in lookup(kind, given[kind]).all_options}
                 kept = {k: v for k, v in settings[options_key].items() if k in declared}
             settings[options_key] = kept
     for key, value in given.items():
-        if key in PART_SETTINGS.values():
-            settings[key] = {**settings[key], **value}
-        else:
-            settings[key] = value
-    for part_key, options_key in PART_SETTINGS.items():
-        if settings[part_key] is None:
+        settings[key] = {**settings[key], **value} if key in PART_SETTINGS.values() else value
+    for kind, options_key in PART_SETTINGS.items():
+        if settings[kind] is None:
             if settings[options_key]:
-                raise OptionError(f"{options_key}: given, but no {part_key} is chosen ({where})")
-            continue
-        if check_parts:
-            part = (registry_ or get_registry()).get(_kind_of(part_key), settings[part_key])
-            settings[options_key] = part.parse_options(settings[options_key])
+                raise OptionError(f"{options_key}: given, but no {kind} is chosen ({where})")
+        elif check_parts:
+            settings[options_key] = lookup(kind, settings[kind]).parse_options(settings[options_key])
     if check_parts and settings["loss"] is not None and settings["penalty"] is not None:
-        loss = (registry_ or get_registry()).get("loss", settings["loss"])
+        loss = lookup("loss", settings["loss"])
         if loss.penalty is not None:
             raise OptionError(
                 f"penalty: loss {loss.name!r} already includes the {loss.penalty!r} penalty; asking for penalty "
                 f"{settings['penalty']!r} as well would count it twice"
             )
     return settings
-
-
-def _kind_of(part_key: str) -> str:
-    return part_key  # the setting's name is the kind's name: estimator, loss, penalty

@@ -141,7 +141,8 @@ def test_unknown_name_lists_known_names_and_the_closest():
         registry.get("loss", "dpoo")
     message = str(error.value)
     assert "unknown loss 'dpoo'" in message and "did you mean 'dpo'?" in message
-    assert "Known losses: d3po, dpo, hinge, ipo, rdpo" in message
+    known = ", ".join(registry.names("loss"))
+    assert f"Known losses: {known}" in message and "d3po, dpo, hinge, ipo" in known
     with pytest.raises(UnknownPartError, match="did you mean 'rdpo-star'"):
         registry.get("preset", "rdpo_star")
     with pytest.raises(ValueError, match="unknown kind of part 'losss'; did you mean 'loss'"):
@@ -170,10 +171,11 @@ def test_selection_syntax(site):
         return registry, set(registry.names("loss"))
 
     assert losses("none")[1] == set() and losses("")[1] == set()
-    assert losses("builtin")[1] == {"dpo", "d3po", "ipo", "hinge", "rdpo"}
-    assert "extra-loss" in losses("all")[1] and "dpo" in losses("all")[1]
+    builtin = losses("builtin")[1]
+    assert {"dpo", "d3po", "ipo", "hinge", "rdpo"} <= builtin and "extra-loss" not in builtin
+    assert losses("all")[1] == builtin | {"extra-loss"}
     assert losses("extra-plugin")[1] == {"extra-loss"}  # distribution names are compared normalised
-    assert losses("builtin, Extra.Plugin")[1] == {"dpo", "d3po", "ipo", "hinge", "rdpo", "extra-loss"}
+    assert losses("builtin, Extra.Plugin")[1] == builtin | {"extra-loss"}
     registry, names = losses("extra")  # an entry-point name
     assert names == {"extra-loss"} and registry.names("preset") == []
     registry, names = losses("rdpo_zoo.presets")
