@@ -59,8 +59,11 @@ def register_estimators(register):
     (``final-order``, ``x0-hat``, ``delta-q``) label pairs by the reward of the final images, of the children's
     one-step x̂0 predictions, or of the change of that prediction over the step (RDPO's ΔQ).
 
-    ``factory(**options)`` is called with every declared option, typed, and returns the estimator object whose
-    interface the rollout defines.
+    ``factory(**options)`` is called with every declared option, typed, and returns an
+    ``rdpo_zoo.estimators.Estimator``: class attributes say what the rollout must measure (``needs_parent``,
+    ``needs_children``, ``needs_lookahead``, ``needs_final``), ``values(measurements) -> [B, k]`` scores the
+    candidates (higher is preferred) and ``keep`` may drop whole groups. An ``Estimator`` subclass whose
+    ``__init__`` takes the options is the usual factory.
     """
 
 

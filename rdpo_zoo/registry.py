@@ -483,9 +483,10 @@ class Objective:
 
     @property
     def fused(self) -> Optional[tuple]:
-        if self.loss.fused is None or (self.penalty is not None and self.penalty.fused is None):
+        loss_fused = getattr(self.loss, "fused", None)  # a policy-gradient loss has no fused form at all
+        if loss_fused is None or (self.penalty is not None and getattr(self.penalty, "fused", None) is None):
             return None
-        return (self.loss.fused, None if self.penalty is None else self.penalty.fused)
+        return (loss_fused, None if self.penalty is None else self.penalty.fused)
 
     def kwargs(self) -> dict:
         """Keyword arguments of ``rdpo_zoo.losses.pairwise_losses`` / ``preference_loss``."""
