@@ -384,7 +384,8 @@ class Part:
             "plugin": source.plugin,
             "distribution": source.distribution,
             "version": source.version,
-            "options": [o.to_dict() for o in self.options],
+            # every option, the kind's common ones (a loss's beta, clamp_eps) first and marked
+            "options": [dict(o.to_dict(), common=o in self.common_options()) for o in self.all_options],
         }
 
 

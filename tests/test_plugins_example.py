@@ -90,7 +90,7 @@ def check_installed(pythonpath):
     assert plugin["parts"] == ["loss:dpo-margin", "reward:saturation"]
     loss = {p["name"]: p for p in data["parts"]["loss"]}["dpo-margin"]
     assert (loss["distribution"], loss["fused"]) == (PROJECT["name"], None)
-    assert [o["name"] for o in loss["options"]] == ["margin"]
+    assert [(o["name"], o["common"]) for o in loss["options"]] == [("beta", True), ("clamp_eps", True), ("margin", False)]
     reward = {p["name"]: p for p in data["parts"]["reward"]}["saturation"]
     assert reward["distribution"] == PROJECT["name"]
     text = run(CLI + ["plugins", "--kind", "loss", "--kind", "reward"], pythonpath)
