@@ -125,6 +125,23 @@ def parse_part_options(kind: str, name: str, pairs) -> dict:
         raise click.BadParameter(str(error), param_hint=f"--{kind}-opt") from None
 
 
+def part_overrides(kind: str, name: Optional[str], pairs) -> dict:
+    """``--<kind> NAME --<kind>-opt K=V ...`` as overrides for ``rdpo_zoo.merge_settings``: ``{kind: name,
+    "<kind>_options": {"K": "V"}}``, leaving out what was not given (so the preset's values stand). The values stay
+    strings; ``merge_settings`` types them with the part's options and names a bad one."""
+    from rdpo_zoo.parts import parse_assignments
+
+    overrides = {}
+    if name is not None:
+        overrides[kind] = name
+    if pairs:
+        try:
+            overrides[f"{kind}_options"] = parse_assignments(list(pairs), where=f"--{kind}-opt")
+        except OptionError as error:
+            raise click.BadParameter(str(error), param_hint=f"--{kind}-opt") from None
+    return overrides
+
+
 # ------------------------------------------------------------------------------------------ rdpo-zoo plugins
 
 

@@ -597,6 +597,14 @@ def test_part_options_for_other_commands():
         result = runner.invoke(train, ["--loss", "dpoo"])
         assert result.exit_code == 2 and "did you mean 'dpo'?" in result.output
 
+    # with a preset: flags not given leave the preset's values
+    from rdpo_zoo.cli.plugins_cmd import part_overrides
+
+    assert part_overrides("loss", None, ()) == {}
+    assert part_overrides("penalty", "dpop", ["lambda=2"]) == {"penalty": "dpop", "penalty_options": {"lambda": "2"}}
+    with pytest.raises(click.BadParameter, match="--penalty-opt: expected KEY=VALUE"):
+        part_overrides("penalty", None, ["lambda"])
+
 
 NO_TORCH_SCRIPT = """
 import json, sys, time
