@@ -164,30 +164,42 @@ class DiffusionModel:
         return Conditioning(prompts, cond, uncond)
 
     # --------------------------------------------------------------------------------------------- the network
-    def guided_output(self, x: torch.Tensor, index: int | torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The guided network output o = o_u + g·(o_c − o_u) at ``self.timesteps[index]``, one batched UNet call.
+    def guided_output(self, x: torch.Tensor, index, cond: Conditioning, unet=None, timesteps=None) -> torch.Tensor:
+        """The guided network output o = o_u + g·(o_c − o_u), one batched UNet call.
 
-        ``index`` is one step index for the whole batch or a ``[B]`` tensor of step indices. Gradients flow when
-        called outside ``torch.no_grad``.
+        ``index`` is one step index (into ``self.timesteps``) for the whole batch or a ``[B]`` tensor of them;
+        alternatively pass raw training ``timesteps`` (``[B]``, e.g. Diffusion-DPO's t ~ U{0..999}) with
+        ``index=None``. ``unet`` overrides the network called (the trainer passes its distributed wrapper).
+        Gradients flow when called outside ``torch.no_grad``.
         """
         B = x.shape[0]
         if len(cond) != B:
             raise ValueError(f"cond: expected conditioning for {B} samples, got {len(cond)}")
-        t = self.timesteps.to(self.device)[torch.as_tensor(index, device=self.device)]
+        if timesteps is None:
+            t = self.timesteps.to(self.device)[torch.as_tensor(index, device=self.device)]
+        else:
+            t = torch.as_tensor(timesteps, device=self.device)
         t = t.expand(B) if t.dim() == 0 else t
         x = x.to(self.dtype)
+        unet = unet or self.unet
         if self.guidance_scale == 1.0:
             self.unet_calls += B
-            return self._unet(x, t, cond.cond, cond.added_cond)
+            return self._unet(unet, x, t, cond.cond, cond.added_cond)
         added = {k: torch.cat([cond.added_uncond[k], cond.added_cond[k]]) for k in cond.added_cond}
-        out = self._unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond.uncond, cond.cond]), added)
+        out = self._unet(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond.uncond, cond.cond]), added)
         self.unet_calls += 2 * B
         o_u, o_c = out.chunk(2)
         return o_u + self.guidance_scale * (o_c - o_u)
 
-    def _unet(self, x, t, hidden, added):
+    def _unet(self, unet, x, t, hidden, added):
         kwargs = {"added_cond_kwargs": added} if added else {}
-        return self.unet(x, t, encoder_hidden_states=hidden.to(self.dtype), return_dict=False, **kwargs)[0]
+        return unet(x, t, encoder_hidden_states=hidden.to(self.dtype), return_dict=False, **kwargs)[0]
+
+    def coefficient_tensors(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, b, σ)`` as ``[P]`` float32 tensors for a ``[P]`` tensor of step indices."""
+        table = torch.stack([torch.stack(self.coefficients(i)) for i in range(self.num_steps)])  # [T, 3]
+        picked = table[index.to(table.device)]
+        return picked[:, 0], picked[:, 1], picked[:, 2]
 
     @contextmanager
     def reference(self):

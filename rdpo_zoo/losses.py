@@ -254,3 +254,34 @@ def pairwise_losses(
 def preference_loss(log_ratios: torch.Tensor, loss="dpo", beta: float = 0.1, **kwargs) -> torch.Tensor:
     """The batch loss: the mean over pairs of :func:`pairwise_losses` (same arguments)."""
     return pairwise_losses(log_ratios, loss, beta, **kwargs).mean()
+
+
+# ------------------------------------------------------------------------------------- policy-gradient losses
+
+
+@dataclass(frozen=True)
+class PolicyGradientLoss:
+    """A per-sample loss over ``(log π_θ, log π_old, advantage)`` (DDPO), not over pairs: the log-ratio is against
+    the policy that *sampled* (its log-prob is stored at rollout), not against the reference."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    description: str
+
+
+def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                  clip_range: float = 1e-4) -> torch.Tensor:
+    """DDPO's PPO-clip (Black et al. 2024; kvablack/ddpo-pytorch scripts/train.py), per sample:
+
+        ratio = exp(log π_θ(y|x_t) − log π_old(y|x_t))
+        L     = max(−A·ratio, −A·clamp(ratio, 1 − c, 1 + c))
+
+    with the mean-reduced log-probabilities its clip range c = 1e-4 assumes. Returns ``[N]``."""
+    c = _check_number("clip_range", clip_range, 0.0, strict=True)
+    ratio = torch.exp(log_prob - old_log_prob)
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1.0 - c, 1.0 + c))
+
+
+POLICY_GRADIENT_LOSSES: dict[str, PolicyGradientLoss] = {
+    "ppo-clip": PolicyGradientLoss("ppo-clip", ppo_clip_loss, "DDPO: PPO-clip on the step ratio against the sampler"),
+}

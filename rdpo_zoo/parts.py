@@ -450,12 +450,13 @@ class LossPart(Part):
         return LOSS_COMMON_OPTIONS
 
     def load(self):
-        from rdpo_zoo.losses import PairwiseLoss
+        from rdpo_zoo.losses import PairwiseLoss, PolicyGradientLoss
 
+        formulas = (PairwiseLoss, PolicyGradientLoss)  # pairwise (DPO family) or per-sample (DDPO's ppo-clip)
         obj = super().load()
-        if not isinstance(obj, PairwiseLoss) and callable(obj):
+        if not isinstance(obj, formulas) and callable(obj):
             obj = obj()
-        if not isinstance(obj, PairwiseLoss):
+        if not isinstance(obj, formulas):
             raise TypeError(f"{self.label}: its factory must give an rdpo_zoo.losses.PairwiseLoss, got {type(obj).__name__}")
         return obj
 

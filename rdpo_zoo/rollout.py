@@ -102,6 +102,7 @@ class StepSamples:
         return self.y.shape[0]
 
     def select(self, index: torch.Tensor) -> "StepSamples":
+        index = index.to(self.y.device)
         return StepSamples(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(index.cpu()),
                            self.log_prob[index], self.sample_id[index])
 

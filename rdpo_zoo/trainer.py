@@ -1,0 +1,693 @@
+"""One trainer for every method: rollout (sampler + estimator → labelled step pairs) alternating with optimisation
+(the loss over the collected pairs) of a peft LoRA on the UNet, with accelerate.
+
+The policy is the pipeline's UNet with a LoRA adapter; the reference policy is the same UNet with the adapter
+disabled (no second copy of the weights). Only LoRA parameters train; the text encoder(s) and the VAE are frozen.
+
+Method settings (rollout, estimator, loss, penalty, β, λ, timesteps, …) come from a preset merged with explicit
+flags (``rdpo_zoo.registry.merge_settings``); run settings (model, reward, LoRA, optimiser, budget, outputs) are
+:class:`RunSettings`. Outputs under ``output_dir``: ``config.json`` (the resolved configuration),
+``metrics.jsonl`` (one line per iteration), ``checkpoint-NNNNNN/`` (the LoRA in diffusers' format plus the
+optimiser, scheduler and step state; written to a temporary folder and renamed, so a crash never corrupts the last
+good one), ``lora/`` (the final LoRA, loadable with ``pipe.load_lora_weights(dir,
+weight_name="pytorch_lora_weights.safetensors")``) and ``eval.json`` (base against tuned on held-out prompts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunSettings", "TrainConfig", "Trainer", "TrainingError", "train", "latest_checkpoint",
+           "LORA_WEIGHT_NAME", "parse_train_timesteps"]
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+CHECKPOINT_PREFIX = "checkpoint-"
+PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (a non-finite loss, say); the message names the step, the pairs and the last checkpoint."""
+
+
+def _field(default, help: str, **kw):
+    if default is dict:
+        return field(default_factory=dict, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunSettings:
+    """Everything about a run that is not the method: model, reward, LoRA, optimiser, budget, outputs.
+
+    Each field's ``help`` is the CLI's help text (the options are generated from this class, so they cannot drift).
+    """
+
+    model: str = _field("tiny", "model part: tiny (the embedded default), sd15, sdxl, or diffusers (any id/path)")
+    model_options: dict = _field(dict, "the model part's options (KEY=VALUE)")
+    reward: str = _field("world-aesthetic", "reward part that scores images (see `rdpo-zoo plugins`)")
+    reward_options: dict = _field(dict, "the reward part's options (KEY=VALUE)")
+    prompts: str = _field("train", "training prompts: a named set (train, ood, all: the embedded world's) or a text file")
+    eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end")
+    output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go")
+    iterations: int = _field(8, "rollout + optimisation rounds", min=1)
+    prompts_per_iteration: int = _field(8, "prompts sampled per rollout (per process)", min=1)
+    inner_epochs: int = _field(1, "passes over each rollout's pairs", min=1)
+    minibatch_size: int = _field(16, "pairs per optimiser minibatch", min=1)
+    gradient_accumulation: int = _field(1, "minibatches per optimiser step", min=1)
+    max_grad_norm: float = _field(1.0, "gradient clipping norm (0: off)", min=0.0)
+    weight_decay: float = _field(1e-4, "AdamW weight decay (D3PO/SPO code: 1e-4)", min=0.0)
+    warmup_iterations: int = _field(0, "linear learning-rate warm-up, in iterations", min=0)
+    lora_rank: int = _field(4, "LoRA rank (D3PO/SPO code: 4)", min=1)
+    lora_alpha: float = _field(4.0, "LoRA alpha (scale = alpha / rank)", min=0.0)
+    lora_targets: str = _field("to_q,to_k,to_v,to_out.0", "comma-separated UNet module names that get LoRA")
+    seed: int = _field(0, "seed of prompts, noise and shuffling (a resumed run continues the same streams)")
+    checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0)
+    keep_checkpoints: int = _field(2, "how many checkpoints to keep", min=1)
+    resume: bool = _field(False, "continue from the latest checkpoint in output_dir")
+    eval_samples: int = _field(64, "prompt/seed pairs for base vs tuned at the end (0: skip)", min=0)
+    eval_batch_size: int = _field(32, "images per evaluation batch", min=1)
+    mixed_precision: str = _field("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward (saves memory)")
+    kernel_backend: Optional[str] = _field(None, "force the log-ratio kernels' backend: triton or reference",
+                                           choices=("triton", "reference"))
+    offline_pairs: Optional[str] = _field(None, "a JSONL of {prompt, chosen, rejected} image paths (Diffusion-DPO "
+                                                "data): train on these pairs instead of online rollouts")
+    guidance_step: float = _field(0.1, "TailorPO-G step size: x_w += step·∇r(x̂0)/scale", min=0.0)
+    gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
+                           choices=("raw", "softmax"))
+    quiet: bool = _field(False, "no progress bars or per-iteration lines")
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()
+    return f.default
+
+
+@dataclass
+class TrainConfig:
+    """A resolved run: the method's settings (typed, merged with its preset) and the run's settings."""
+
+    method: dict
+    run: RunSettings
+    preset: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "method": self.method, "run": dataclasses.asdict(self.run)}
+
+    @staticmethod
+    def from_dict(data: dict) -> "TrainConfig":
+        return TrainConfig(dict(data["method"]), RunSettings(**data["run"]), data.get("preset"))
+
+
+def parse_train_timesteps(value: str, num_steps: int, branch_start: int = 0) -> Optional[list[int]]:
+    """``all`` → every step t = T − branch_start … 1; ``uniform`` → ``None`` (noised pairs draw t ~ U);
+    ``"20,16,12"`` → those steps (t of T)."""
+    text = str(value).strip().lower()
+    if text == "uniform":
+        return None
+    if text == "all":
+        return list(range(num_steps - branch_start, 0, -1))
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"train_timesteps: expected all, uniform or a comma-separated list of steps, got {value!r}") from None
+    if not steps:
+        raise ValueError(f"train_timesteps: expected at least one step, got {value!r}")
+    return steps
+
+
+def latest_checkpoint(output_dir) -> Optional[Path]:
+    """The newest complete checkpoint folder (temporary ones are never complete: they are renamed when done)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                   and (p / "training_state.pt").is_file())
+    return found[-1] if found else None
+
+
+def _seed_for(*parts: int) -> int:
+    value = 0x9E3779B1
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 0x7F4A7C15) % (2**63 - 1)
+    return value
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`train`."""
+
+    def __init__(self, config: TrainConfig, accelerator=None, registry=None):
+        from accelerate import Accelerator
+
+        from rdpo_zoo.registry import build_loss, get_registry
+
+        self.config = config
+        self.method, self.run = config.method, config.run
+        self.registry = registry or get_registry()
+        m, run = self.method, self.run
+        self._check_combination()
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation,
+            cpu=not torch.cuda.is_available(),
+        )
+        self.output_dir = Path(run.output_dir)
+        self.reward = self.registry.get("reward", run.reward).build(run.reward_options)
+        self.estimator = None
+        if m["estimator"] is not None and m["rollout"] != "single":
+            self.estimator = self.registry.get("estimator", m["estimator"]).build(m["estimator_options"])
+        loss_part = self.registry.get("loss", m["loss"])
+        self.per_sample = m["rollout"] == "single"
+        if self.per_sample:
+            self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
+            self.advantages = self.registry.get("estimator", m["estimator"] or "advantage").build(m["estimator_options"])
+            self.objective = None
+        else:
+            self.objective = build_loss(loss_part, m["loss_options"], m["penalty"], m["penalty_options"] or None,
+                                        registry=self.registry)
+        if m.get("gradient_guidance") and not self.reward.differentiable:
+            raise ValueError(f"reward: {run.reward!r} has no differentiable form, so it cannot drive the gradient "
+                             "guidance this method uses (TailorPO-G); choose a differentiable reward or turn guidance off")
+        self._build_model()
+        self._build_optimiser()
+        self.prompts = self._prompt_set(run.prompts)
+        self.offline = None
+        if run.offline_pairs is not None:
+            if m["rollout"] != "noised-pairs":
+                raise ValueError(f"offline_pairs: offline preference pairs train with rollout 'noised-pairs' "
+                                 f"(Diffusion-DPO), not {m['rollout']!r}")
+            from rdpo_zoo.noised_pairs import load_offline_pairs
+
+            self.offline = load_offline_pairs(run.offline_pairs, self.model)
+        self.iteration = 0
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self._tensorboard = None
+
+    # ---------------------------------------------------------------------------------------------- setup
+    def _check_combination(self) -> None:
+        m = self.method
+        rollout = m["rollout"]
+        if rollout == "single" and m["loss"] != "ppo-clip":
+            raise ValueError(f"loss: rollout 'single' (DDPO) trains a per-sample policy-gradient loss (ppo-clip), "
+                             f"not the pairwise {m['loss']!r}")
+        if rollout != "single" and m["loss"] == "ppo-clip":
+            raise ValueError(f"loss: ppo-clip is DDPO's per-sample loss; it needs rollout 'single', not {rollout!r}")
+        if rollout in PAIR_ROLLOUTS and m["estimator"] is None:
+            raise ValueError(f"estimator: rollout {rollout!r} needs an estimator to label its pairs")
+        if rollout in PAIR_ROLLOUTS and m["scheduler"] is None:
+            raise ValueError(f"scheduler: rollout {rollout!r} samples chains, so it needs a sampler (ddim or ddpm)")
+        if rollout == "two-trajectories" and m["estimator"] == "delta-q" and (m["estimator_options"] or {}).get(
+                "variant") == "lookahead":
+            raise ValueError("estimator: delta-q's lookahead variant needs a branching rollout, not two-trajectories")
+        if m["train_timesteps"] == "uniform" and rollout != "noised-pairs":
+            raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
+        if rollout == "noised-pairs" and m["estimator"] not in (None, "final-order"):
+            raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
+
+    def _policy_gradient_loss(self, loss_part):
+        from rdpo_zoo.losses import POLICY_GRADIENT_LOSSES
+
+        if loss_part.name not in POLICY_GRADIENT_LOSSES:
+            raise ValueError(f"loss: {loss_part.name!r} is not a per-sample policy-gradient loss")
+        options = dict(self.method["loss_options"] or {})
+        options.pop("beta", None)
+        options.pop("clamp_eps", None)
+        return POLICY_GRADIENT_LOSSES[loss_part.name], options
+
+    def _build_model(self) -> None:
+        from peft import LoraConfig
+
+        from rdpo_zoo.diffusion import DiffusionModel
+
+        m, run = self.method, self.run
+        pipe = self.registry.get("model", run.model).build(run.model_options)
+        self.pipe = pipe
+        device = self.accelerator.device
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision,
+                                                                             torch.float32)
+        for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+                module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
+        unet = pipe.unet
+        targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()]
+        unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
+                                    target_modules=targets))
+        for p in unet.parameters():  # LoRA in fp32 under mixed precision (diffusers' cast_training_params)
+            if p.requires_grad:
+                p.data = p.data.float()
+        if run.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        sampler = m["scheduler"] or "ddim"
+        self.model = DiffusionModel(pipe, sampler=sampler, eta=m["eta"] if m["eta"] is not None else 1.0,
+                                    num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]))
+        self.train_steps = None
+        if m["rollout"] != "noised-pairs":
+            from rdpo_zoo.rollout import check_train_steps
+
+            steps = parse_train_timesteps(m["train_timesteps"], m["num_steps"], m.get("branch_start", 0))
+            if m["train_timesteps"] == "all":  # "all" means every step that has a likelihood
+                steps = [s for s in steps if self._has_likelihood(s)]
+            check_train_steps(self.model, steps)
+            self.train_steps = steps
+
+    def _has_likelihood(self, step: int) -> bool:
+        from rdpo_zoo.reference import DEFAULT_MIN_SIGMA
+
+        a, b, sigma = self.model.coefficients(self.model.step_index(step))
+        return float(sigma) > DEFAULT_MIN_SIGMA * max(abs(float(a)), abs(float(b)))
+
+    def _build_optimiser(self) -> None:
+        params = [p for p in self.model.unet.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable LoRA parameters: check lora_targets against the UNet's module names")
+        self.trainable = params
+        optimiser = torch.optim.AdamW(params, lr=self.method["learning_rate"], betas=(0.9, 0.999),
+                                      weight_decay=self.run.weight_decay, eps=1e-8)
+        warmup = self.run.warmup_iterations
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0)
+        self.train_unet, self.optimiser = self.accelerator.prepare(self.model.unet, optimiser)
+        self.lr_scheduler = scheduler
+
+    def _prompt_set(self, name: str) -> list[str]:
+        from rdpo_zoo.world import prompt_set
+
+        return prompt_set(name)
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def _generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator(device="cpu").manual_seed(
+            _seed_for(self.run.seed, *parts, self.accelerator.process_index))
+
+    def _iteration_prompts(self, iteration: int) -> list[str]:
+        g = self._generator(iteration, 1)
+        pick = torch.randint(len(self.prompts), (self.run.prompts_per_iteration,), generator=g)
+        return [self.prompts[i] for i in pick.tolist()]
+
+    def rollout(self, iteration: int):
+        from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
+
+        m, run = self.method, self.run
+        if self.offline is not None:
+            return self._offline_chunk(iteration)
+        prompts = self._iteration_prompts(iteration)
+        generator = self._generator(iteration, 2)
+        self.model.unet.eval()
+        with self.accelerator.autocast():
+            cond = self.model.encode(prompts)
+            rollout = m["rollout"]
+            threshold = m["threshold"] or 0.0
+            if rollout.startswith("branch-"):
+                guidance = Guidance(run.guidance_step) if m.get("gradient_guidance") else None
+                return rollout_branching(
+                    self.model, cond, self.reward, self.estimator, self.train_steps, generator,
+                    k=m["num_candidates"], continue_from=rollout.split("-", 1)[1], threshold=threshold,
+                    gap_rule=run.gap_rule, guidance=guidance)
+            if rollout == "two-trajectories":
+                return rollout_trajectory_pairs(self.model, cond, self.reward, self.estimator, self.train_steps,
+                                                generator, threshold=threshold, gap_rule=run.gap_rule)
+            if rollout == "single":
+                return rollout_single(self.model, cond, self.reward, self.train_steps, generator)
+            if rollout == "noised-pairs":
+                from rdpo_zoo.noised_pairs import rollout_noised_pairs
+
+                return rollout_noised_pairs(self.model, cond, self.reward, generator, threshold=threshold,
+                                            gap_rule=run.gap_rule)
+        raise ValueError(f"rollout: unknown rollout {rollout!r}")
+
+    def _offline_chunk(self, iteration: int):
+        """The next ``prompts_per_iteration`` offline pairs of this process (cycling through the data)."""
+        from rdpo_zoo.rollout import RolloutResult
+
+        n, size = len(self.offline), self.run.prompts_per_iteration
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        start = (iteration * world + rank) * size
+        index = torch.arange(start, start + size) % n
+        pairs = self.offline.select(index)
+        values = pairs.values.flatten()
+        return RolloutResult(pairs.x0[:, 0], torch.empty(0), values, list(pairs.cond.prompts) * 2, pairs=pairs,
+                             stats={"pairs": len(pairs), "unet_calls": 0})
+
+    def noised_pair_loss(self, pairs, generator: torch.Generator):
+        """Diffusion-DPO's loss on a minibatch of noised pairs: a = 0, b = 1, σ := 1 (see rdpo_zoo.noised_pairs)."""
+        from rdpo_zoo.kernels import preference_loss
+        from rdpo_zoo.noised_pairs import noised_inputs
+
+        model, obj = self.model, self.objective
+        P = len(pairs)
+        x_t, y, t = noised_inputs(model, pairs.x0, generator)
+        cond2 = pairs.cond.repeat_interleave(2)
+        with self.accelerator.autocast():
+            o_theta = model.guided_output(x_t.flatten(0, 1), None, cond2, unet=self.train_unet,
+                                          timesteps=t.repeat_interleave(2))
+            with torch.no_grad(), model.reference():
+                o_ref = model.guided_output(x_t.flatten(0, 1), None, cond2, timesteps=t.repeat_interleave(2))
+        target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
+        return preference_loss(
+            target, None, o_theta.float().reshape(P, 2, -1), o_ref.float().reshape(P, 2, -1), 0.0, 1.0, 1.0,
+            reduction=self.method["reduction"], backend=self.run.kernel_backend, return_log_ratios=True,
+            **obj.kwargs(),
+        )
+
+    def pair_loss(self, pairs):
+        """The preference loss of a minibatch of step pairs, and its ``[P, 2]`` log-ratios (detached)."""
+        from rdpo_zoo.kernels import preference_loss
+
+        model, obj = self.model, self.objective
+        P = len(pairs)
+        if pairs.shared:
+            x_in, cond_in, index_in = pairs.x_t, pairs.cond, pairs.step_index
+        else:
+            x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
+            index_in = pairs.step_index.repeat_interleave(2)
+        with self.accelerator.autocast():
+            o_theta = model.guided_output(x_in, index_in, cond_in, unet=self.train_unet)
+            with torch.no_grad(), model.reference():
+                o_ref = model.guided_output(x_in, index_in, cond_in)
+        shape = (P, -1) if pairs.shared else (P, 2, -1)
+        a, b, sigma = model.coefficient_tensors(pairs.step_index)
+        return preference_loss(
+            pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.float().reshape(*shape),
+            o_ref.float().reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
+            backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
+        )
+
+    def sample_loss(self, samples, advantages):
+        """DDPO's per-sample PPO-clip loss on a minibatch of single-trajectory transitions."""
+        from rdpo_zoo.reference import step_log_prob
+
+        with self.accelerator.autocast():
+            o_theta = self.model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
+        a, b, sigma = self.model.coefficient_tensors(samples.step_index)
+        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
+        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages, **self.pg_options)
+        return per_sample.mean(), (log_prob - samples.log_prob).detach()
+
+    def optimise(self, batch, iteration: int, advantages=None) -> dict:
+        """Inner epochs of minibatches over the rollout's pairs (or samples); every process takes the same number
+        of optimiser steps (DDP needs it): ranks with fewer pairs resample theirs."""
+        run, acc = self.run, self.accelerator
+        n_local = 0 if batch is None else len(batch)
+        counts = acc.gather(torch.tensor([n_local], device=acc.device))
+        n_max = int(counts.max())
+        stats = {"loss": [], "r_w": [], "r_l": [], "margin": [], "accuracy": [], "psi_active": [], "grad_norm": [],
+                 "ratio": []}
+        if n_max == 0:
+            return {}
+        self.model.unet.train()
+        per_epoch = math.ceil(n_max / run.minibatch_size)
+        for epoch in range(run.inner_epochs):
+            g = self._generator(iteration, 3, epoch)
+            if n_local:
+                order = torch.randperm(n_local, generator=g)
+                if n_local < per_epoch * run.minibatch_size:
+                    extra = torch.randint(n_local, (per_epoch * run.minibatch_size - n_local,), generator=g)
+                    order = torch.cat([order, extra])
+            for mb in range(per_epoch):
+                with acc.accumulate(self.train_unet):
+                    if n_local:
+                        index = order[mb * run.minibatch_size:(mb + 1) * run.minibatch_size]
+                        part = batch.select(index)
+                        if self.method["rollout"] == "noised-pairs":
+                            loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
+                            self._pair_stats(stats, r)
+                        elif self.per_sample:
+                            loss, ratio = self.sample_loss(part, advantages[part.sample_id])
+                            stats["ratio"].append(float(ratio.exp().mean()))
+                        else:
+                            loss, r = self.pair_loss(part)
+                            self._pair_stats(stats, r)
+                    else:  # nothing sampled here this time: take part in the gradient sync with a zero loss
+                        loss = sum(p.sum() for p in self.trainable) * 0.0
+                    if not torch.isfinite(loss):
+                        last = latest_checkpoint(self.output_dir)
+                        raise TrainingError(
+                            f"non-finite loss {float(loss)} at iteration {iteration}, epoch {epoch}, minibatch {mb} "
+                            f"(pairs {index.tolist() if n_local else []} of this rollout); the last checkpoint, "
+                            f"{last or 'none yet'}, is kept")
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        norm = acc.clip_grad_norm_(self.trainable, run.max_grad_norm) if run.max_grad_norm else None
+                        if norm is not None:
+                            stats["grad_norm"].append(float(norm))
+                    self.optimiser.step()
+                    self.optimiser.zero_grad(set_to_none=True)
+                stats["loss"].append(float(loss.detach()))
+        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+    def _pair_stats(self, stats: dict, r: torch.Tensor) -> None:
+        obj = self.objective
+        r_w, r_l = r[:, 0].float(), r[:, 1].float()
+        stats["r_w"].append(float(r_w.mean()))
+        stats["r_l"].append(float(r_l.mean()))
+        stats["margin"].append(float((obj.beta * (r_w - r_l)).mean()))
+        stats["accuracy"].append(float((r_w > r_l).float().mean()))
+        stats["psi_active"].append(float((r_l > 0).float().mean()))
+
+    def train(self) -> dict:
+        """Run (or resume) the loop; returns the final evaluation (or ``{}`` when ``eval_samples`` is 0)."""
+        from tqdm.auto import tqdm
+
+        acc, run = self.accelerator, self.run
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        start = 0
+        if run.resume:
+            start = self.load_checkpoint()
+        if acc.is_main_process and start == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run; a resumed one keeps (and trims) its metrics
+        self._open_tensorboard()
+        progress = tqdm(range(start, run.iterations), desc="train", initial=start, total=run.iterations,
+                        disable=run.quiet or not sys.stderr.isatty() or not acc.is_main_process)
+        for iteration in progress:
+            t0 = time.perf_counter()
+            result = self.rollout(iteration)
+            t1 = time.perf_counter()
+            batch = result.samples if self.per_sample else result.pairs
+            advantages = None
+            if self.per_sample:
+                advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
+            opt = self.optimise(batch, iteration, advantages)
+            self.lr_scheduler.step()
+            t2 = time.perf_counter()
+            rewards = acc.gather(result.final_rewards.to(acc.device).float())
+            record = {
+                "iteration": iteration + 1,
+                "reward_mean": float(rewards.mean()),
+                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+                "pairs": int(acc.gather(torch.tensor([len(batch) if batch is not None else 0], device=acc.device)).sum()),
+                "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
+                "unet_calls": result.stats.get("unet_calls"),
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                "seconds_rollout": t1 - t0,
+                "seconds_optimise": t2 - t1,
+                **opt,
+            }
+            self.iteration = iteration + 1
+            self._log(record)
+            if not run.quiet and acc.is_main_process:
+                progress.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record.get('loss', float('nan')):.4f}")
+            if run.checkpoint_every and self.iteration % run.checkpoint_every == 0:
+                self.save_checkpoint()
+        if not run.checkpoint_every or self.iteration % run.checkpoint_every:
+            self.save_checkpoint()
+        self.save_lora(self.output_dir / "lora")
+        evaluation = {}
+        if run.eval_samples:
+            evaluation = self.evaluate()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        return evaluation
+
+    # ---------------------------------------------------------------------------------------------- outputs
+    def _write_config(self) -> None:
+        data = self.config.to_dict()
+        data["resolved"] = {
+            "train_steps": self.train_steps, "sampler": self.model.sampler, "eta": self.model.eta,
+            "timesteps": [int(t) for t in self.model.timesteps], "guidance_scale": self.model.guidance_scale,
+            "resolution": self.model.resolution, "reward_scale": self.reward.scale,
+            "processes": self.accelerator.num_processes,
+        }
+        _atomic_write_text(self.output_dir / "config.json", json.dumps(data, indent=2, default=str))
+
+    def _open_tensorboard(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return
+        self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "iteration" and value is not None:
+                    self._tensorboard.add_scalar(key, value, record["iteration"])
+        if not self.run.quiet and not sys.stderr.isatty():
+            keys = ("reward_mean", "loss", "accuracy", "r_w", "r_l", "pairs")
+            logger.info("iteration %d: %s", record["iteration"],
+                        ", ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float))))
+
+    def _unwrapped_unet(self):
+        return self.accelerator.unwrap_model(self.train_unet)
+
+    def save_lora(self, folder: Path) -> None:
+        """The LoRA in the format ``pipe.load_lora_weights(folder, weight_name=LORA_WEIGHT_NAME)`` reads."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        if not self.accelerator.is_main_process:
+            return
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self._unwrapped_unet()))
+        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        type(self.pipe).save_lora_weights(str(tmp), unet_lora_layers=state, safe_serialization=True,
+                                          weight_name=LORA_WEIGHT_NAME)
+        _replace_dir(tmp, folder)
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step.
+        Written to a temporary folder and renamed: a crash mid-save leaves the previous checkpoint intact."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.iteration:06d}"
+        if acc.is_main_process:
+            tmp = self.output_dir / f".tmp-{final.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            peft_state = get_peft_model_state_dict(self._unwrapped_unet())
+            type(self.pipe).save_lora_weights(str(tmp), unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
+                                              safe_serialization=True, weight_name=LORA_WEIGHT_NAME)
+            state = {
+                "iteration": self.iteration,
+                "lora": {k: v.detach().cpu().clone() for k, v in peft_state.items()},
+                "optimiser": self.optimiser.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "advantages": getattr(getattr(self, "advantages", None), "state_dict", lambda: None)(),
+                "config": self.config.to_dict(),
+            }
+            torch.save(state, tmp / "training_state.pt")
+            _fsync_dir(tmp)
+            _replace_dir(tmp, final)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        found = sorted(p for p in self.output_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+        for old in found[: max(0, len(found) - self.run.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: Optional[Path] = None) -> int:
+        """Restore the newest checkpoint (or ``path``); returns the iteration to continue from (0 if none)."""
+        from peft.utils import set_peft_model_state_dict
+
+        path = path or latest_checkpoint(self.output_dir)
+        if path is None:
+            logger.warning("resume: no checkpoint in %s; starting from scratch", self.output_dir)
+            return 0
+        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+        result = set_peft_model_state_dict(self._unwrapped_unet(), state["lora"])
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise RuntimeError(f"resume: {path} holds LoRA weights this model does not have: {unexpected[:5]}")
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state.get("advantages") is not None:
+            self.advantages.load_state_dict(state["advantages"])
+        self.iteration = int(state["iteration"])
+        if self.accelerator.is_main_process and self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] <= self.iteration]
+            _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        return self.iteration
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, n: Optional[int] = None) -> dict:
+        """Base (adapter off) against tuned (adapter on) on held-out prompt/seed pairs, the same initial noise and
+        sampling noise for both: mean ± standard error of each and of the paired gain."""
+        n = n or self.run.eval_samples
+        prompts_all = self._prompt_set(self.run.eval_prompts)
+        prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
+        self.model.unet.eval()
+        scores = {}
+        for label in ("base", "tuned"):
+            values = []
+            for start in range(0, n, self.run.eval_batch_size):
+                chunk = prompts[start:start + self.run.eval_batch_size]
+                generator = torch.Generator().manual_seed(_seed_for(self.run.seed, 10_007, start))
+                with self.accelerator.autocast():
+                    cond = self.model.encode(chunk)
+                    if label == "base":
+                        with self.model.reference():
+                            latents = self.model.sample(cond, generator)
+                    else:
+                        latents = self.model.sample(cond, generator)
+                    images = self.model.decode(latents)
+                values.append(self.reward.score(images, chunk).float().cpu())
+            scores[label] = torch.cat(values)
+        gain = scores["tuned"] - scores["base"]
+
+        def summary(x):
+            return {"mean": float(x.mean()), "se": float(x.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")}
+
+        result = {"reward": self.run.reward, "prompts": self.run.eval_prompts, "n": n,
+                  "base": summary(scores["base"]), "tuned": summary(scores["tuned"]), "gain": summary(gain)}
+        result["gain_over_se"] = result["gain"]["mean"] / result["gain"]["se"] if result["gain"]["se"] else float("nan")
+        if self.accelerator.is_main_process:
+            _atomic_write_text(self.output_dir / "eval.json", json.dumps(result, indent=2))
+        return result
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; an older folder of the same name is moved aside first, then removed."""
+    if final.exists():
+        aside = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, **kwargs) -> dict:
+    """Build a :class:`Trainer` and run it."""
+    return Trainer(config, **kwargs).train()
