@@ -29,13 +29,17 @@ def pretrain() -> None:
 @click.option("--max-minutes", default=60.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Stop at the first checkpoint after this long; run again to resume.")
 @click.option("--unet-steps", default=None, type=click.IntRange(min=1), help="Override the UNet step count (to extend a run).")
-def run_cmd(config_path, run_dir, max_minutes, unet_steps):
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Override torch's CPU threads (1 is faster than 2 on a 2-core machine shared with other jobs).")
+def run_cmd(config_path, run_dir, max_minutes, unet_steps, threads):
     """Train (or resume) the VAE, then the UNet with the text encoder."""
     from rdpo_zoo.pretrain import PretrainConfig, run
 
     cfg = PretrainConfig.from_json(Path(config_path) if config_path else _embedded_dir() / "pretrain_tiny.json")
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
+    if threads is not None:
+        cfg.threads = threads
     done = run(cfg, run_dir, max_minutes=max_minutes)
     click.echo(json.dumps({"run_dir": run_dir, "done": done}))
 

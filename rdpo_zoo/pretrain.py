@@ -62,7 +62,7 @@ class PretrainConfig:
     max_length: int = field(default=16, metadata={"help": "tokenizer model_max_length (world prompts take <= 10)"})
     # UNet
     unet_block_out_channels: Tuple[int, ...] = field(default=(32, 64, 64), metadata={"help": "UNet widths per level"})
-    unet_steps: int = field(default=5000, metadata={"help": "UNet optimisation steps"})
+    unet_steps: int = field(default=3000, metadata={"help": "UNet optimisation steps"})
     unet_batch: int = field(default=32, metadata={"help": "UNet batch size"})
     unet_lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     unet_lr_min: float = field(default=1e-4, metadata={"help": "final learning rate of the cosine decay"})
