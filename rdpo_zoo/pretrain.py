@@ -491,10 +491,10 @@ def build_pipeline(run_dir, snapshot: Optional[int] = None, dtype=torch.float32)
     cfg = PretrainConfig.from_json(run_dir / "config.json")
     snap = _snapshot_dir(run_dir, snapshot)
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(run_dir / "vae", torch_dtype=dtype),
-        text_encoder=CLIPTextModel.from_pretrained(snap / "text_encoder", torch_dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(run_dir / "vae").to(dtype),
+        text_encoder=CLIPTextModel.from_pretrained(snap / "text_encoder").to(dtype),
         tokenizer=CLIPTokenizer.from_pretrained(str(run_dir / "tokenizer")),
-        unet=UNet2DConditionModel.from_pretrained(snap / "unet", torch_dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(snap / "unet").to(dtype),
         scheduler=DDIMScheduler(**_scheduler_config(cfg)),
         safety_checker=None,
         feature_extractor=None,

@@ -34,7 +34,8 @@ def test_loads_offline_and_fast(monkeypatch):
     StableDiffusionPipeline  # imported before timing: the import itself costs seconds
     start = time.perf_counter()
     p = StableDiffusionPipeline.from_pretrained(str(tiny_path()), safety_checker=None, requires_safety_checker=False)
-    assert time.perf_counter() - start < 10.0  # ~0.6 s on an idle core
+    # ~0.6 s on an idle machine; the bound is loose because tests share a busy 2-core CPU with other jobs.
+    assert time.perf_counter() - start < 20.0
     # A plain from_pretrained gives a consistent fp32 pipeline (the stored fp16 UNet/VAE are upcast).
     assert {p.unet.dtype, p.vae.dtype, p.text_encoder.dtype} == {torch.float32}
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -43,9 +44,12 @@ def load_tiny_pipeline(device: Union[str, "torch.device"] = "cpu", dtype=None, p
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
     folder = Path(path) if path is not None else tiny_path()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder), safety_checker=None, requires_safety_checker=False, torch_dtype=dtype, local_files_only=True
-    )
+    with warnings.catch_warnings():
+        # diffusers >= 0.40 renames torch_dtype to dtype; the old name works on every version the package supports.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(folder), safety_checker=None, requires_safety_checker=False, torch_dtype=dtype, local_files_only=True
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
