@@ -603,7 +603,10 @@ def merge_settings(
         settings[key] = {**settings[key], **value} if key in PART_SETTINGS.values() else value
     for kind, options_key in PART_SETTINGS.items():
         if settings[kind] is None:
-            if settings[options_key]:
+            implied = _implied_penalty(settings, lookup) if kind == "penalty" and check_parts else None
+            if implied is not None:  # loss rdpo includes psi: --penalty-opt / --psi-lambda tune that penalty
+                settings[options_key] = lookup("penalty", implied).parse_options(settings[options_key])
+            elif settings[options_key]:
                 raise OptionError(f"{options_key}: given, but no {kind} is chosen ({where})")
         elif check_parts:
             settings[options_key] = lookup(kind, settings[kind]).parse_options(settings[options_key])
@@ -615,3 +618,8 @@ def merge_settings(
                 f"{settings['penalty']!r} as well would count it twice"
             )
     return settings
+
+
+def _implied_penalty(settings, lookup) -> Optional[str]:
+    """The penalty the chosen loss always includes (``rdpo`` → ``psi``), or ``None``."""
+    return None if settings["loss"] is None else lookup("loss", settings["loss"]).penalty

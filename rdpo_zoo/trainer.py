@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunSettings", "TrainConfig", "Trainer", "TrainingError", "train", "latest_checkpoint",
            "LORA_WEIGHT_NAME", "parse_train_timesteps"]
 
+from rdpo_zoo.config import RunSettings, TrainConfig, parse_train_timesteps  # noqa: E402
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
 PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
@@ -41,94 +43,6 @@ PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-l
 
 class TrainingError(RuntimeError):
     """Training stopped (a non-finite loss, say); the message names the step, the pairs and the last checkpoint."""
-
-
-def _field(default, help: str, **kw):
-    if default is dict:
-        return field(default_factory=dict, metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class RunSettings:
-    """Everything about a run that is not the method: model, reward, LoRA, optimiser, budget, outputs.
-
-    Each field's ``help`` is the CLI's help text (the options are generated from this class, so they cannot drift).
-    """
-
-    model: str = _field("tiny", "model part: tiny (the embedded default), sd15, sdxl, or diffusers (any id/path)")
-    model_options: dict = _field(dict, "the model part's options (KEY=VALUE)")
-    reward: str = _field("world-aesthetic", "reward part that scores images (see `rdpo-zoo plugins`)")
-    reward_options: dict = _field(dict, "the reward part's options (KEY=VALUE)")
-    prompts: str = _field("train", "training prompts: a named set (train, ood, all: the embedded world's) or a text file")
-    eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end")
-    output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go")
-    iterations: int = _field(8, "rollout + optimisation rounds", min=1)
-    prompts_per_iteration: int = _field(8, "prompts sampled per rollout (per process)", min=1)
-    inner_epochs: int = _field(1, "passes over each rollout's pairs", min=1)
-    minibatch_size: int = _field(16, "pairs per optimiser minibatch", min=1)
-    gradient_accumulation: int = _field(1, "minibatches per optimiser step", min=1)
-    max_grad_norm: float = _field(1.0, "gradient clipping norm (0: off)", min=0.0)
-    weight_decay: float = _field(1e-4, "AdamW weight decay (D3PO/SPO code: 1e-4)", min=0.0)
-    warmup_iterations: int = _field(0, "linear learning-rate warm-up, in iterations", min=0)
-    lora_rank: int = _field(4, "LoRA rank (D3PO/SPO code: 4)", min=1)
-    lora_alpha: float = _field(4.0, "LoRA alpha (scale = alpha / rank)", min=0.0)
-    lora_targets: str = _field("to_q,to_k,to_v,to_out.0", "comma-separated UNet module names that get LoRA")
-    seed: int = _field(0, "seed of prompts, noise and shuffling (a resumed run continues the same streams)")
-    checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0)
-    keep_checkpoints: int = _field(2, "how many checkpoints to keep", min=1)
-    resume: bool = _field(False, "continue from the latest checkpoint in output_dir")
-    eval_samples: int = _field(64, "prompt/seed pairs for base vs tuned at the end (0: skip)", min=0)
-    eval_batch_size: int = _field(32, "images per evaluation batch", min=1)
-    mixed_precision: str = _field("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))
-    gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward (saves memory)")
-    kernel_backend: Optional[str] = _field(None, "force the log-ratio kernels' backend: triton or reference",
-                                           choices=("triton", "reference"))
-    offline_pairs: Optional[str] = _field(None, "a JSONL of {prompt, chosen, rejected} image paths (Diffusion-DPO "
-                                                "data): train on these pairs instead of online rollouts")
-    guidance_step: float = _field(0.1, "TailorPO-G step size: x_w += step·∇r(x̂0)/scale", min=0.0)
-    gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
-                           choices=("raw", "softmax"))
-    quiet: bool = _field(False, "no progress bars or per-iteration lines")
-
-
-def _default(f: dataclasses.Field):
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()
-    return f.default
-
-
-@dataclass
-class TrainConfig:
-    """A resolved run: the method's settings (typed, merged with its preset) and the run's settings."""
-
-    method: dict
-    run: RunSettings
-    preset: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return {"preset": self.preset, "method": self.method, "run": dataclasses.asdict(self.run)}
-
-    @staticmethod
-    def from_dict(data: dict) -> "TrainConfig":
-        return TrainConfig(dict(data["method"]), RunSettings(**data["run"]), data.get("preset"))
-
-
-def parse_train_timesteps(value: str, num_steps: int, branch_start: int = 0) -> Optional[list[int]]:
-    """``all`` → every step t = T − branch_start … 1; ``uniform`` → ``None`` (noised pairs draw t ~ U);
-    ``"20,16,12"`` → those steps (t of T)."""
-    text = str(value).strip().lower()
-    if text == "uniform":
-        return None
-    if text == "all":
-        return list(range(num_steps - branch_start, 0, -1))
-    try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"train_timesteps: expected all, uniform or a comma-separated list of steps, got {value!r}") from None
-    if not steps:
-        raise ValueError(f"train_timesteps: expected at least one step, got {value!r}")
-    return steps
 
 
 def latest_checkpoint(output_dir) -> Optional[Path]:
@@ -389,14 +303,15 @@ class Trainer:
         )
 
     def sample_loss(self, samples, advantages):
-        """DDPO's per-sample PPO-clip loss on a minibatch of single-trajectory transitions."""
+        """DDPO's per-sample PPO-clip loss on a minibatch of single-trajectory transitions; ``advantages`` are the
+        rollout's per-trajectory advantages (indexed by each transition's ``sample_id``)."""
         from rdpo_zoo.reference import step_log_prob
 
         with self.accelerator.autocast():
             o_theta = self.model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
         a, b, sigma = self.model.coefficient_tensors(samples.step_index)
         log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
-        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages, **self.pg_options)
+        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options)
         return per_sample.mean(), (log_prob - samples.log_prob).detach()
 
     def optimise(self, batch, iteration: int, advantages=None) -> dict:
@@ -428,7 +343,7 @@ class Trainer:
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
                             self._pair_stats(stats, r)
                         elif self.per_sample:
-                            loss, ratio = self.sample_loss(part, advantages[part.sample_id])
+                            loss, ratio = self.sample_loss(part, advantages)
                             stats["ratio"].append(float(ratio.exp().mean()))
                         else:
                             loss, r = self.pair_loss(part)

@@ -1,0 +1,212 @@
+"""The trainer: log-ratios at initialisation, every preset learns, resume equality, crash safety, LoRA round trip,
+multi-process data parallel, offline pairs, and refusals before any compute."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import rdpo_zoo
+from rdpo_zoo.trainer import LORA_WEIGHT_NAME, Trainer, TrainingError, latest_checkpoint
+from train_parts import TestParts, small_config
+
+HERE = os.path.dirname(__file__)
+PRESETS = ["d3po", "diffusion-dpo", "spo", "tailorpo", "tailorpo-g", "rdpo-star", "rdpo", "ddpo"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_parts():
+    name = rdpo_zoo.register(TestParts, name="test-parts")
+    yield
+    rdpo_zoo.unregister(name)
+
+
+def _margin(trainer, batch, advantages=None):
+    """β-free progress measure of a fixed batch: the mean log-ratio gap (pairs), or for DDPO the
+    advantage-weighted log-ratio against the sampler, mean(A·(log π_θ − log π_old)), which PPO raises."""
+    with torch.no_grad():
+        if trainer.per_sample:
+            _, log_ratio = trainer.sample_loss(batch, advantages)
+            return float((advantages[batch.sample_id] * log_ratio).mean())
+        if trainer.method["rollout"] == "noised-pairs":  # averaged over several (t, ε) draws
+            r = torch.cat([trainer.noised_pair_loss(batch, torch.Generator().manual_seed(s))[1] for s in range(8)])
+        else:
+            _, r = trainer.pair_loss(batch)
+    return float((r[:, 0] - r[:, 1]).mean())
+
+
+def test_log_ratios_are_exactly_zero_at_initialisation(tmp_path):
+    """Policy = reference at init (LoRA B = 0): catches CFG, dtype or timestep mismatches between the passes."""
+    trainer = Trainer(small_config(tmp_path))
+    pairs = trainer.rollout(0).pairs
+    loss, r = trainer.pair_loss(pairs)
+    assert len(pairs) > 0 and torch.all(r == 0)
+    assert float(loss) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
+    trainer_d3po = Trainer(small_config(tmp_path / "d3po", "d3po"))
+    _, r = trainer_d3po.pair_loss(trainer_d3po.rollout(0).pairs)
+    assert torch.all(r == 0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_few_steps_of_every_preset_raise_its_margin(tmp_path, preset):
+    trainer = Trainer(small_config(tmp_path, preset, learning_rate=3e-3, max_grad_norm=0.0))
+    result = trainer.rollout(0)
+    advantages = None
+    if trainer.per_sample:
+        batch = result.samples
+        advantages = trainer.advantages(result.prompts, result.final_rewards)
+    else:
+        batch = result.pairs
+    assert batch is not None and len(batch) > 0
+    before = _margin(trainer, batch, advantages)
+    for step in range(4):
+        trainer.optimise(batch, iteration=step, advantages=advantages)
+    after = _margin(trainer, batch, advantages)
+    assert after > before, (preset, before, after)
+
+
+def test_train_writes_metrics_config_checkpoints_and_a_loadable_lora(tmp_path):
+    from tiny_pipelines import tiny_sd_pipeline
+
+    trainer = Trainer(small_config(tmp_path, iterations=2, learning_rate=1e-3))
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]
+    for key in ("reward_mean", "reward_std", "loss", "accuracy", "margin", "r_w", "r_l", "psi_active", "lr",
+                "seconds_rollout", "seconds_optimise", "pairs"):
+        assert key in records[-1], key
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"]["loss"] == "rdpo" and config["resolved"]["train_steps"] == [4, 2]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-000002"
+    # diffusers' loader reproduces the trained UNet's output (it only logs unmatched keys: check numbers).
+    pipe = tiny_sd_pipeline()
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 20])
+    hidden = torch.randn(2, 16, 32)
+    trained = trainer.model.unet(x, t, encoder_hidden_states=hidden).sample
+    reloaded = pipe.unet(x, t, encoder_hidden_states=hidden).sample
+    base = tiny_sd_pipeline().unet(x, t, encoder_hidden_states=hidden).sample
+    assert (trained - base).abs().max() > 1e-4  # training changed the output ...
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)  # ... and the saved LoRA carries it exactly
+
+
+def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    straight = Trainer(small_config(tmp_path / "a", iterations=3, learning_rate=1e-3))
+    straight.train()
+    first = Trainer(small_config(tmp_path / "b", iterations=2, learning_rate=1e-3))
+    first.train()
+    resumed = Trainer(small_config(tmp_path / "b", iterations=3, learning_rate=1e-3, resume=True))
+    resumed.train()
+    a = get_peft_model_state_dict(straight._unwrapped_unet())
+    b = get_peft_model_state_dict(resumed._unwrapped_unet())
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+
+
+def test_sigkill_during_a_save_keeps_the_last_good_checkpoint(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(HERE, "train_parts.py"), str(tmp_path), "3",
+                          "--kill-during-save", "2"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-000001"
+    assert any(p.name.startswith(".tmp-checkpoint-000002") for p in tmp_path.iterdir())  # the half-written one
+    resumed = Trainer(small_config(tmp_path, iterations=2, resume=True))
+    assert resumed.load_checkpoint() == 1
+    resumed.train()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-000002"
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(small_config(tmp_path, iterations=3))
+    original = trainer.pair_loss
+    calls = {"n": 0}
+
+    def poisoned(pairs):
+        loss, r = original(pairs)
+        calls["n"] += 1
+        return (loss * float("nan"), r) if trainer.iteration >= 1 else (loss, r)
+
+    monkeypatch.setattr(trainer, "pair_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at iteration 1.*checkpoint-000001.*is kept"):
+        trainer.train()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-000001"
+
+
+def test_offline_pairs_train_diffusion_dpo(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i, prompt in enumerate(["a red circle", "a blue square", "a green triangle"]):
+        for kind, colour in (("chosen", (220, 20, 20)), ("rejected", (20, 20, 220))):
+            Image.new("RGB", (24, 24), colour).save(tmp_path / f"{i}-{kind}.png")
+        rows.append({"prompt": prompt, "chosen": f"{i}-chosen.png", "rejected": f"{i}-rejected.png"})
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = Trainer(small_config(tmp_path / "out", "diffusion-dpo", offline_pairs=str(tmp_path), iterations=6,
+                                   learning_rate=3e-3, checkpoint_every=0))
+    assert len(trainer.offline) == 3
+    batch = trainer.offline
+    before = _margin(trainer, batch)
+    trainer.train()
+    assert _margin(trainer, batch) > before
+    with pytest.raises(ValueError, match="offline_pairs: expected a JSONL file"):
+        Trainer(small_config(tmp_path / "x", "diffusion-dpo", offline_pairs=str(tmp_path / "missing")))
+
+
+def test_incompatible_combinations_are_refused_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="rollout 'single' .*ppo-clip"):
+        Trainer(small_config(tmp_path, "ddpo", loss="dpo"))
+    with pytest.raises(ValueError, match="lookahead variant needs a branching rollout"):
+        Trainer(small_config(tmp_path, "d3po", estimator="delta-q", estimator_options={"variant": "lookahead"}))
+    with pytest.raises(ValueError, match="reward: 'compressibility' has no differentiable form"):
+        Trainer(small_config(tmp_path, "tailorpo-g", reward="compressibility"))
+    with pytest.raises(ValueError, match="steps: step t=3"):
+        Trainer(small_config(tmp_path, None, eta=0.0, train_timesteps="3"))
+
+
+def test_cli_refuses_double_counted_psi_and_prints_the_implied_defaults():
+    from rdpo_zoo.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--loss", "rdpo", "--penalty", "psi", "--dry-run"])
+    assert result.exit_code == 2 and "count it twice" in result.output
+    result = runner.invoke(main, ["train", "--estimator", "delta-q", "--loss", "rdpo", "--psi-lambda", "7", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "rollout branch-winner" in result.output and "'lambda': 7.0" in result.output
+    assert "train timesteps all" in result.output and "reward world-aesthetic" in result.output
+    result = runner.invoke(main, ["train", "--loss", "dop", "--dry-run"])
+    assert result.exit_code == 2 and "dpo" in result.output
+
+
+def test_config_file_is_overridden_by_flags(tmp_path):
+    from rdpo_zoo.cli import main
+
+    (tmp_path / "run.toml").write_text('preset = "rdpo"\niterations = 3\nlearning_rate = 1e-4\n[penalty_options]\nlambda = 5.0\n')
+    result = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "run.toml"), "--learning-rate", "2e-4",
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "lr 0.0002" in result.output and "3 iterations" in result.output and "'lambda': 5.0" in result.output
+
+
+def test_two_processes_keep_identical_lora_weights_and_split_the_rollout(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", os.path.join(HERE, "train_parts.py"),
+                          str(tmp_path), "2"], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"lora-rank{r}.pt") for r in (0, 1))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # trained, not still at init
+    assert torch.load(tmp_path / "prompts-rank0.pt") != torch.load(tmp_path / "prompts-rank1.pt")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["resolved"]["processes"] == 2
