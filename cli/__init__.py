@@ -18,7 +18,7 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from rdpo_zoo.cli import env_cmd, plugins_cmd, pretrain_cmd, sample_cmd, schedule_cmd, train_cmd, world_cmd
+    from rdpo_zoo.cli import best_of_n_cmd, env_cmd, plugins_cmd, pretrain_cmd, sample_cmd, schedule_cmd, train_cmd, world_cmd
 
     main.add_command(env_cmd.env)
     main.add_command(schedule_cmd.schedule)
@@ -27,6 +27,7 @@ def _add_commands() -> None:
     main.add_command(world_cmd.world_check)
     main.add_command(pretrain_cmd.pretrain)
     main.add_command(train_cmd.train)
+    main.add_command(best_of_n_cmd.best_of_n)
 
 
 _add_commands()
