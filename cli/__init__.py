@@ -18,7 +18,7 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from rdpo_zoo.cli import best_of_n_cmd, env_cmd, plugins_cmd, pretrain_cmd, sample_cmd, schedule_cmd, train_cmd, world_cmd
+    from rdpo_zoo.cli import best_of_n_cmd, env_cmd, eval_cmd, plot_cmd, plugins_cmd, pretrain_cmd, sample_cmd, schedule_cmd, train_cmd, world_cmd
 
     main.add_command(env_cmd.env)
     main.add_command(schedule_cmd.schedule)
@@ -28,6 +28,8 @@ def _add_commands() -> None:
     main.add_command(pretrain_cmd.pretrain)
     main.add_command(train_cmd.train)
     main.add_command(best_of_n_cmd.best_of_n)
+    main.add_command(eval_cmd.evaluate)
+    main.add_command(plot_cmd.plot)
 
 
 _add_commands()

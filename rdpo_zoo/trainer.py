@@ -544,35 +544,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, n: Optional[int] = None) -> dict:
-        """Base (adapter off) against tuned (adapter on) on held-out prompt/seed pairs, the same initial noise and
-        sampling noise for both: mean ± standard error of each and of the paired gain."""
+        """Base (adapter off) against tuned (adapter on) on ``n`` held-out prompt/seed pairs (the eval prompts
+        cycled), the same initial noise and sampling noise for both: mean ± s.e. of each and of the paired gain."""
+        from rdpo_zoo.evaluate import sample_rewards, summary
+
         n = n or self.run.eval_samples
         prompts_all = self._prompt_set(self.run.eval_prompts)
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
         self.model.unet.eval()
-        scores = {}
-        for label in ("base", "tuned"):
-            values = []
-            for start in range(0, n, self.run.eval_batch_size):
-                chunk = prompts[start:start + self.run.eval_batch_size]
-                generator = torch.Generator().manual_seed(_seed_for(self.run.seed, 10_007, start))
-                with self.accelerator.autocast():
-                    cond = self.model.encode(chunk)
-                    if label == "base":
-                        with self.model.reference():
-                            latents = self.model.sample(cond, generator)
-                    else:
-                        latents = self.model.sample(cond, generator)
-                    images = self.model.decode(latents)
-                values.append(self.reward.score(images, chunk).float().cpu())
-            scores[label] = torch.cat(values)
-        gain = scores["tuned"] - scores["base"]
-
-        def summary(x):
-            return {"mean": float(x.mean()), "se": float(x.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")}
-
+        rewards = {self.run.reward: self.reward}
+        with self.accelerator.autocast():
+            base = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size,
+                                  reference=True)[self.run.reward]
+            tuned = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size)[self.run.reward]
         result = {"reward": self.run.reward, "prompts": self.run.eval_prompts, "n": n,
-                  "base": summary(scores["base"]), "tuned": summary(scores["tuned"]), "gain": summary(gain)}
+                  "base": summary(base), "tuned": summary(tuned), "gain": summary(tuned - base)}
         result["gain_over_se"] = result["gain"]["mean"] / result["gain"]["se"] if result["gain"]["se"] else float("nan")
         if self.accelerator.is_main_process:
             _atomic_write_text(self.output_dir / "eval.json", json.dumps(result, indent=2))

@@ -210,3 +210,22 @@ def test_two_processes_keep_identical_lora_weights_and_split_the_rollout(tmp_pat
     assert torch.load(tmp_path / "prompts-rank0.pt") != torch.load(tmp_path / "prompts-rank1.pt")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["resolved"]["processes"] == 2
+
+
+def test_eval_and_plot_commands_on_a_trained_run(tmp_path):
+    from rdpo_zoo.cli import main
+
+    Trainer(small_config(tmp_path / "run", iterations=2, learning_rate=1e-3)).train()
+    runner = CliRunner()
+    result = runner.invoke(main, ["eval", "--lora", str(tmp_path / "run"), "--reward", "test-red", "--prompts", "ood",
+                                  "--limit", "3", "--seeds", "0,1", "--json", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "eval.json").read_text())
+    row = table["rewards"]["test-red"]
+    assert table["samples"] == 6 and row["tuned"]["n"] == 6 and row["gain"]["mean"] != 0.0
+    assert "test-tiny + LoRA" in result.output
+    result = runner.invoke(main, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(main, ["eval", "--lora", str(tmp_path)])
+    assert result.exit_code == 2 and "no lora/" in result.output
