@@ -16,19 +16,20 @@ The built-in estimators (``final-order``, ``x0-hat``, ``delta-q``) are plugins i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # the contract itself needs no torch: plugins subclass it without importing torch at load time
+    import torch
 
 __all__ = ["Estimator", "StepMeasurements"]
 
 
 @dataclass
 class StepMeasurements:
-    q_parent: Optional[torch.Tensor] = None
-    q_children: Optional[torch.Tensor] = None
-    q_lookahead: Optional[torch.Tensor] = None
-    final: Optional[torch.Tensor] = None
+    q_parent: Optional["torch.Tensor"] = None
+    q_children: Optional["torch.Tensor"] = None
+    q_lookahead: Optional["torch.Tensor"] = None
+    final: Optional["torch.Tensor"] = None
 
 
 class Estimator:

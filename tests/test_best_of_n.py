@@ -4,7 +4,7 @@ import torch
 
 from rdpo_zoo.best_of_n import best_of_n
 from rdpo_zoo.diffusion import DiffusionModel
-from rdpo_zoo.plugins.step_estimators import DeltaQ, X0Hat
+from rdpo_zoo.plugins.estimators import DeltaQ, X0Hat
 from tiny_pipelines import RedReward, tiny_sd_pipeline
 
 

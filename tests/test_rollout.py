@@ -5,7 +5,7 @@ import torch
 
 from rdpo_zoo.diffusion import DiffusionModel
 from rdpo_zoo.estimators import StepMeasurements
-from rdpo_zoo.plugins.step_estimators import DeltaQ, FinalOrder, X0Hat
+from rdpo_zoo.plugins.estimators import DeltaQ, FinalOrder, X0Hat
 from rdpo_zoo.rollout import (
     Guidance,
     rollout_branching,
