@@ -229,3 +229,18 @@ def test_eval_and_plot_commands_on_a_trained_run(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(main, ["eval", "--lora", str(tmp_path)])
     assert result.exit_code == 2 and "no lora/" in result.output
+
+
+def test_sdxl_shaped_pipeline_trains_and_its_lora_reloads(tmp_path):
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    trainer = Trainer(small_config(tmp_path, "rdpo", model="test-tiny-xl", iterations=1, learning_rate=1e-3))
+    trainer.train()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["pairs"] > 0
+    pipe = tiny_sdxl_pipeline()
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+    x, t, hidden = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 16, 64)
+    added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]])}
+    trained = trainer.model.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    reloaded = pipe.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)

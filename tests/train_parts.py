@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import rdpo_zoo  # noqa: E402
 from rdpo_zoo import ModelPart, RewardPart  # noqa: E402
-from tiny_pipelines import RedReward, tiny_sd_pipeline  # noqa: E402
+from tiny_pipelines import RedReward, tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 
 class TestParts:
@@ -21,6 +21,7 @@ class TestParts:
     @rdpo_zoo.hookimpl
     def register_models(register):
         register(ModelPart("test-tiny", "a tiny random SD1.5-shaped pipeline (tests)", tiny_sd_pipeline))
+        register(ModelPart("test-tiny-xl", "a tiny random SDXL-shaped pipeline (tests)", tiny_sdxl_pipeline))
 
     @staticmethod
     @rdpo_zoo.hookimpl
