@@ -152,7 +152,8 @@ def part_overrides(kind: str, name: Optional[str], pairs) -> dict:
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback of broken plugins.")
 def plugins(as_json: bool, kinds: tuple, show_options: bool, show_traceback: bool) -> None:
     """List every part by kind (estimators, losses, penalties, rewards, models, presets): its name, description,
-    the distribution and version it came from, and for losses the fused kernel form. Broken plugins are listed
+    the distribution and version it came from, for losses the fused kernel form, and for learned rewards whether
+    their weights are on this machine (at the default options). Broken plugins are listed
     with their error. RDPO_ZOO_PLUGINS chooses which plugins load (all, builtin, none, or a comma list of
     distributions and entry-point names)."""
     registry = _registry()
@@ -186,10 +187,15 @@ def plugins(as_json: bool, kinds: tuple, show_options: bool, show_traceback: boo
                 extra.append(f"fused: {part.fused}" if part.fused else "fused: no (PyTorch only)")
             if kind == "loss" and part.penalty:
                 extra.append(f"includes penalty {part.penalty}")
+            weights = part.check_available() if kind == "reward" else None
+            if weights is not None:
+                extra.append("weights: on this machine" if weights[0] else "weights: NOT on this machine")
             if (kind, part.name) in conflicted:
                 extra.append("CONFLICT: registered by more than one plugin")
             suffix = f"  [{'; '.join(extra)}]" if extra else ""
             click.echo(f"  {part.name:<{width}}  {part.description}  ({source}){suffix}")
+            if weights is not None and (show_options or not weights[0]):
+                click.echo(f"      weights: {weights[1]}")
             if show_options:
                 for option in [o for o in part.common_options() if o.name in varying] + list(part.options):
                     click.echo(f"      {_option_text(option)}")

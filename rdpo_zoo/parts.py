@@ -518,9 +518,39 @@ class PenaltyPart(Part):
 @dataclass(frozen=True)
 class RewardPart(Part):
     """A reward: ``factory(**options)`` returns an ``rdpo_zoo.rewards.Reward`` (a ``Reward`` subclass is itself
-    a fine factory)."""
+    a fine factory).
+
+    Attributes:
+        availability: for rewards whose weights are not shipped, a cheap check (no torch, no network) of whether
+            they are on this machine: a callable or a ``"module:attribute"`` string, called with the part's typed
+            options, returning ``(available, detail)``. ``None`` (the default) for rewards that need no files.
+            ``rdpo-zoo plugins`` shows its answer for the default options.
+    """
 
     kind: ClassVar[str] = "reward"
+    availability: Union[str, Callable[..., Any], None] = field(default=None, compare=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.availability is not None and not callable(self.availability) and not _is_target(self.availability):
+            raise ValueError(
+                f"reward {self.name!r}: availability must be a callable or a 'package.module:attribute' string, "
+                f"got {self.availability!r}"
+            )
+
+    def check_available(self, options=None) -> Optional[tuple]:
+        """``(available, detail)`` for these options (the defaults when none are given), or ``None`` when the reward
+        declares no check. A check that raises is reported as not available, with its error."""
+        if self.availability is None:
+            return None
+        try:
+            check = self.availability
+            if not callable(check):
+                check = _import_target(check, f"{self.label} availability")
+            available, detail = check(**self.parse_options(options))
+            return bool(available), str(detail)
+        except Exception as error:  # noqa: BLE001 -- a listing must not fail because one check did
+            return False, f"the availability check failed: {type(error).__name__}: {error}"
 
     def build(self, options=None):
         from rdpo_zoo.rewards import Reward
@@ -529,6 +559,11 @@ class RewardPart(Part):
         if not isinstance(reward, Reward):
             raise TypeError(f"{self.label}: its factory must return an rdpo_zoo.rewards.Reward, got {type(reward).__name__}")
         return reward
+
+    def to_dict(self) -> dict:
+        status = self.check_available()
+        weights = None if status is None else {"available": status[0], "detail": status[1]}
+        return dict(super().to_dict(), weights=weights)
 
 
 @dataclass(frozen=True)
