@@ -10,14 +10,16 @@ The formulas are those of ``rdpo_zoo.losses`` (the definition), for each pair wi
     f(z) = dpo: softplus(−z) | ipo: (z/β − 1/(2β))² | hinge: relu(1 − z)
     L    = mean_p [ f(z) (+ λ·pen outside) ]
 
-and their derivatives (each pair's c_k = dL/dr_k, for the batch mean hence the 1/P):
+and their derivatives (each pair's c_k = dL/dr_k; the batch mean gives the final 1/P), with g = f'(z):
 
-    f'(z)  = dpo: −σ(−z)  (torch's softplus: −1 exactly when −z > 20) | ipo: 2·(z/β − 1/(2β))/β | hinge: −[1 − z > 0]
-    c_w    = (f'(z)·(β·[lo ≤ r_w ≤ hi] − λ·∂pen/∂r_w) + λ·∂pen/∂r_w·[outside]) / P    (−λ… only inside)
-    c_l    = (f'(z)·(−β·[lo ≤ r_l ≤ hi] − λ·∂pen/∂r_l) + λ·∂pen/∂r_l·[outside]) / P
+    g      = dpo: −σ(−z)  (torch's softplus: −1 exactly when −z > 20) | ipo: 2·(z/β − 1/(2β))/β | hinge: −[1 − z > 0]
+    c_w    = [lo ≤ r_w ≤ hi]·β·g   − [dpop]·[r_w < 0]·g_pen          g_pen = dL/dpen = −λ·g (inside) or λ (outside)
+    c_l    = −[lo ≤ r_l ≤ hi]·β·g  + [psi]·[r_l > 0]·g_pen − [psi-literal]·[r_l > 0]·g_pen
 
-relu' follows torch (``threshold_backward`` on the result): 0 where relu(x) ≤ 0, else 1 — so NaN passes as 1, and
-NaN inputs give NaN losses, log-ratios and gradients exactly where the reference gives them. softplus is
+Every [mask]·v is a *select* (``tl.where(mask, v, 0)``), as torch's clamp and relu backward are: a NaN g must not
+leak through an inactive path as NaN·0 would. relu's mask follows torch's ``threshold_backward`` on the result
+(0 where relu(x) ≤ 0, else 1: NaN passes), so NaN inputs give NaN losses, log-ratios and gradients exactly where
+the reference gives them (tested). softplus is
 ``x if x > 20 else log1p(exp(x))`` like torch's (threshold 20), with an exact log1p (Goldberg's
 ``log(v)·u/(v − 1)``, v = 1 + u) since libdevice's is not available everywhere: it never overflows for huge |z|.
 Scalars (β, λ, clamp bounds) are passed as float32 (hi, lo) pairs and summed in the accumulation dtype, so the
@@ -59,12 +61,6 @@ def _relu(x):
 
 
 @triton.jit
-def _relu_grad(relu_x):
-    # torch's threshold_backward on relu's result: 0 where result ≤ 0, else 1 (NaN → 1)
-    return tl.where(relu_x <= 0.0, 0.0, 1.0)
-
-
-@triton.jit
 def _log1p_exp(x):
     # log(1 + e^x) for x ≤ 20, exact to a few ulps at every scale: u = e^x, v = 1 + u, log1p(u) = log(v)·u/(v − 1)
     u = tl.exp(x)
@@ -93,59 +89,59 @@ def _preference_epilogue_kernel(
         r_l = _reduce_partials(part_ptr, rows, m, N_CHUNKS, 1, ACC, BLOCK_P, BLOCK_C) * bs
         tl.store(r_ptr + rows * 2, r_w, mask=m)
         tl.store(r_ptr + rows * 2 + 1, r_l, mask=m)
-        # the ratio clamp (a where-chain keeps NaN, unlike min/max) and its gradient mask, as torch.clamp
+        # the ratio clamp: a where-chain keeps NaN (tl.minimum/maximum would drop it)
         if CLAMP:
             q_w = tl.where(r_w < lo, lo, tl.where(r_w > hi, hi, r_w))
             q_l = tl.where(r_l < lo, lo, tl.where(r_l > hi, hi, r_l))
-            dq_w = tl.where((r_w >= lo) & (r_w <= hi), 1.0, 0.0)
-            dq_l = tl.where((r_l >= lo) & (r_l <= hi), 1.0, 0.0)
         else:
             q_w = r_w
             q_l = r_l
-            dq_w = zero + 1.0
-            dq_l = zero + 1.0
         z = beta * (q_w - q_l)
-        # the penalty (of the unclamped r) and its partial derivatives
+        # the penalty, of the unclamped r
         pen = zero
-        dpen_w = zero
-        dpen_l = zero
         if PENALTY == 1:  # psi: relu(r_l)
             pen = _relu(r_l)
-            dpen_l = _relu_grad(pen)
         elif PENALTY == 2:  # psi-literal: −relu(r_l)
-            relu_l = _relu(r_l)
-            pen = -relu_l
-            dpen_l = -_relu_grad(relu_l)
+            pen = -_relu(r_l)
         elif PENALTY == 3:  # dpop: relu(−r_w)
             pen = _relu(-r_w)
-            dpen_w = -_relu_grad(pen)
         if PENALTY != 0:
             if INSIDE:
                 z = z - lam * pen
-        # the loss f(z) and f'(z)
-        if LOSS == 1:  # dpo: softplus(−z), torch's threshold 20
+        # the loss f(z) and g = f'(z)
+        if LOSS == 1:  # dpo: softplus(−z) with torch's threshold 20
             x = -z
             big = x > 20.0
             f = tl.where(big, x, _log1p_exp(tl.where(big, 0.0, x)))
             e = tl.exp(tl.where(big, 0.0, x))
-            dfdz = -tl.where(big, 1.0, e / (e + 1.0))
+            g = -tl.where(big, 1.0, e / (e + 1.0))
         elif LOSS == 2:  # ipo: (z/β − 1/(2β))²
             u = z / beta - 1.0 / (2.0 * beta)
             f = u * u
-            dfdz = 2.0 * u / beta
+            g = 2.0 * u / beta
         else:  # hinge: relu(1 − z)
             f = _relu(1.0 - z)
-            dfdz = -_relu_grad(f)
-        c_w = dfdz * (beta * dq_w)
-        c_l = dfdz * (-beta * dq_l)
+            g = tl.where(f <= 0.0, 0.0, -1.0)
+        # back through z = β(q_w − q_l) and the clamp. Masks *select* (as torch's where-based backward does), so
+        # a NaN g does not leak through a clamped or inactive path: NaN·0 would.
+        c_w = g * beta
+        c_l = -(g * beta)
+        if CLAMP:
+            c_w = tl.where((r_w >= lo) & (r_w <= hi), c_w, 0.0)
+            c_l = tl.where((r_l >= lo) & (r_l <= hi), c_l, 0.0)
+        # back through the penalty: dL/dpen = −λ·g inside the margin, λ outside (added to the loss)
         if PENALTY != 0:
             if INSIDE:
-                c_w = c_w - dfdz * lam * dpen_w
-                c_l = c_l - dfdz * lam * dpen_l
+                g_pen = -(lam * g)
             else:
                 f = f + lam * pen
-                c_w = c_w + lam * dpen_w
-                c_l = c_l + lam * dpen_l
+                g_pen = lam
+            if PENALTY == 1:
+                c_l = c_l + tl.where(pen <= 0.0, 0.0, g_pen)
+            elif PENALTY == 2:
+                c_l = c_l + tl.where(-pen <= 0.0, 0.0, -g_pen)
+            else:
+                c_w = c_w - tl.where(pen <= 0.0, 0.0, g_pen)
         tl.store(c_ptr + rows * 2, c_w / P, mask=m)
         tl.store(c_ptr + rows * 2 + 1, c_l / P, mask=m)
         total += tl.where(m, f, 0.0)

@@ -123,8 +123,12 @@ def _compile_everything(capability: int, full: bool) -> dict:
                     for name, ptxs in compiled.items()}
     vector_stores = {name: all(any(m.group().startswith("st") for m in wide.finditer(ptx)) for ptx in ptxs)
                      for name, ptxs in compiled.items()}
+    # fmax/fmin drop NaN on the GPU (and in the interpreter, see test_kernels.py): the loss epilogue must use
+    # NaN-keeping selects only, so that NaN inputs give NaN losses as in the reference
+    nan_dropping = re.compile(r"\b(?:max|min)\.f(?:32|64)\b")
+    drops_nan = {name: any(nan_dropping.search(ptx) for ptx in ptxs) for name, ptxs in compiled.items()}
     return {"counts": {k: len(v) for k, v in compiled.items()}, "vector_loads": vector_loads,
-            "vector_stores": vector_stores}
+            "vector_stores": vector_stores, "drops_nan": drops_nan}
 
 
 def _run(capability: int, full: bool) -> dict:
@@ -144,6 +148,7 @@ def _check(result: dict) -> None:
     assert result["vector_loads"]["_partials_kernel"], result
     assert result["vector_loads"]["_backward_kernel"], result
     assert result["vector_stores"]["_backward_kernel"], result
+    assert not any(result["drops_nan"].values()), result
 
 
 def test_kernels_compile_for_sm90():
