@@ -51,7 +51,7 @@ class PretrainConfig:
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     # VAE
     vae_block_out_channels: Tuple[int, ...] = field(default=(32, 64, 64), metadata={"help": "one level per entry; 3 -> 4x downsampling"})
-    vae_steps: int = field(default=800, metadata={"help": "VAE optimisation steps"})
+    vae_steps: int = field(default=1400, metadata={"help": "VAE optimisation steps"})
     vae_batch: int = field(default=16, metadata={"help": "VAE batch size"})
     vae_lr: float = field(default=1e-3, metadata={"help": "VAE AdamW learning rate (cosine to 10 %)"})
     vae_kl_weight: float = field(default=1e-6, metadata={"help": "KL weight, as Stable Diffusion's autoencoder"})
