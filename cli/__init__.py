@@ -31,5 +31,9 @@ def _add_commands() -> None:
     main.add_command(eval_cmd.evaluate)
     main.add_command(plot_cmd.plot)
 
+    from rdpo_zoo.cli import bench_cmd
+
+    main.add_command(bench_cmd.bench)
+
 
 _add_commands()

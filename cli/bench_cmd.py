@@ -1,0 +1,120 @@
+"""``rdpo-zoo bench``: throughput of the fused log-ratio/loss kernels beside the eager reference and torch.compile.
+
+Imports nothing heavy at module level (``--help`` is instant) and never diffusers/peft/transformers: a GPU machine
+with only torch and triton runs it (``python3 -m pip install --no-build-isolation --no-deps .``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+_CHOICES = dict(
+    providers=("triton", "eager", "compile"),
+    modes=("forward", "full"),
+    dtypes=("fp32", "bf16", "fp16", "mixed"),
+    layouts=("shared", "per-branch", "noised"),
+)
+
+
+def _csv(kind: str, cast=str):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+        allowed = _CHOICES.get(kind)
+        bad = [v for v in items if allowed is not None and v not in allowed]
+        if bad or not items:
+            raise click.BadParameter(
+                "expected a comma-separated list" + (f" of {', '.join(allowed)}" if allowed else "") + f", got {value!r}"
+            )
+        if cast is int and any(v < 1 for v in items):
+            raise click.BadParameter(f"expected positive integers, got {value!r}")
+        return items
+
+    return parse
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="The CI-sized grid (P 1,8; D 16384; fp32, bf16; shared).")
+@click.option("--interpret", is_flag=True,
+              help="Run the Triton kernels under TRITON_INTERPRET=1 on the CPU: a smoke test on a tiny grid.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every figure (and device, versions) as JSON here.")
+@click.option("--op", type=click.Choice(["preference_loss", "paired_log_ratios"]), default="preference_loss",
+              show_default=True, help="The fused op to time.")
+@click.option("--providers", callback=_csv("providers"),
+              help="Comma-separated subset of triton,eager,compile (default: all that can run here).")
+@click.option("--modes", callback=_csv("modes"), help="forward and/or full (forward+backward); default both.")
+@click.option("--P", "P", callback=_csv("P", int), help="Comma-separated pair counts (overrides the grid).")
+@click.option("--D", "D", callback=_csv("D", int), help="Comma-separated latent sizes (overrides the grid).")
+@click.option("--dtypes", callback=_csv("dtypes"), help="Comma-separated fp32,bf16,fp16,mixed (overrides the grid).")
+@click.option("--layouts", callback=_csv("layouts"),
+              help="Comma-separated shared,per-branch,noised (overrides the grid).")
+@click.option("--loss", default="dpo", show_default=True, help="The loss (a name the registry of losses knows).")
+@click.option("--penalty", default=None, help="An optional penalty (psi, psi-literal, dpop).")
+@click.option("--beta", type=float, default=0.1, show_default=True)
+@click.option("--psi-lambda", type=float, default=0.0, show_default=True)
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available).")
+@click.option("--rep-ms", type=float, default=None,
+              help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
+def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
+          device, rep_ms) -> None:
+    """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
+
+    Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
+    the fraction of the device's copy bandwidth measured in the same run, speed-ups, and peak memory on CUDA.
+    On the CPU the Triton path needs --interpret (a smoke test); the targets are for a GPU (docs/kernels.md).
+    """
+    if interpret:
+        # before the kernels are first defined: Triton reads it when a @triton.jit function is created
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from rdpo_zoo.kernels import bench as kbench
+    from rdpo_zoo.kernels import triton_status
+
+    if interpret and not triton_status()["interpreted"]:
+        raise click.UsageError("--interpret: the Triton kernels were already defined without the interpreter in "
+                               "this process; run the command in a fresh process")
+    if device is None:
+        device = "cpu" if interpret or not torch.cuda.is_available() else "cuda"
+    if interpret and torch.device(device).type != "cpu":
+        raise click.UsageError("--interpret runs on the CPU; drop --device")
+    grid = dict(kbench.GRIDS["interpret" if interpret else ("quick" if quick else "full")])
+    for key, value in (("P", P), ("D", D), ("dtype", dtypes), ("layout", layouts)):
+        if value is not None:
+            grid[key] = value
+    on_cpu = torch.device(device).type == "cpu"
+    if providers is None:
+        providers = ("triton", "eager", "compile")
+    settings = kbench.BenchSettings(
+        grid=grid, providers=providers, modes=modes or kbench.MODES, op=op, loss=loss, penalty=penalty, beta=beta,
+        psi_lambda=psi_lambda, device=device, interpret=interpret,
+        rep_ms=rep_ms if rep_ms is not None else (50.0 if interpret else (200.0 if on_cpu else 100.0)),
+    )
+    if on_cpu and "triton" in providers and not interpret:
+        click.echo("note: the Triton path needs a CUDA GPU; timing the reference and torch.compile only "
+                   "(--interpret runs the kernels under the Triton interpreter, as a smoke test)")
+    if op == "preference_loss":
+        from rdpo_zoo.kernels import fused_loss_path
+
+        path = fused_loss_path(loss, penalty)
+        click.echo(f"loss {loss!r}" + (f" + penalty {penalty!r}" if penalty else "") + f": {path}")
+    result = kbench.run_bench(settings, log=lambda line: click.echo(line, err=True))
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    v = result["versions"]
+    click.echo(f"{result['op']} on {result['device']} (torch {v['torch']}, triton {v['triton']}; timer: "
+               f"{result['timer']})")
+    click.echo(kbench.format_table(result))
+    if json_path is not None:
+        kbench.validate_result(result)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(json_path)
+        click.echo(f"wrote {json_path}")
