@@ -1,0 +1,357 @@
+"""One training run of the paper study: a method trained to a fixed UNet budget, probed and evaluated, cached.
+
+A run is a :class:`RunSpec` (preset, method overrides, reward, seed, budget, model, evaluation plan). Its folder is
+``benchmarks/results/paper/runs/<hash>/`` where the hash is of the *resolved* configuration (the trainer's
+``TrainConfig`` after merging the preset and the overrides, plus the budget, the probe and the evaluation plan), so
+any change of any setting is a new run and an unchanged one is never rerun. A finished run holds
+
+- ``config.json``: the resolved configuration and the hash's input (``spec``);
+- ``metrics.jsonl``: one line per iteration, the trainer's fields (reward_mean, r_w, r_l, margin, accuracy,
+  psi_active, loss, unet_calls …) plus ``unet_calls_total`` (the budget spent so far: rollout *and* training
+  forward passes, in UNet sample-evaluations, a CFG pair counting 2), ``pair_mean`` = (r_w + r_l)/2 and the probe on
+  the fixed reference pairs (``ref_r_w``, ``ref_r_l``, ``ref_pair_mean``);
+- ``eval.json``: per prompt set, per reward, the tuned model's per-sample rewards (and their mean ± s.e.);
+- ``done``: written last; a folder without it is incomplete and is rerun from scratch.
+
+The budget counts every UNet sample-evaluation the method makes, rollout and training forward passes alike (the
+backward pass is not counted; it costs about twice a forward on the passes with a gradient). Training stops at the
+end of the first iteration whose running total reaches the budget, so every method gets the budget plus at most one
+iteration. The fixed-pair probe and the evaluation are not part of the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Where results go; the CI's test points RDPO_PAPER_RESULTS at a temporary folder.
+RESULTS = Path(os.environ.get("RDPO_PAPER_RESULTS") or ROOT / "benchmarks" / "results" / "paper")
+RUNS = RESULTS / "runs"
+STUDY_VERSION = 1  # bump when the meaning of a cached result changes
+
+#: The sampler every evaluation uses (the paper's: DDIM η = 1, T = 20, CFG 5), whatever the method trained with.
+EVAL_SAMPLER = {"sampler": "ddim", "eta": 1.0, "num_steps": 20, "guidance_scale": 5.0}
+ALL_REWARDS = ("world-aesthetic", "compressibility", "world-fidelity")
+
+
+@dataclass
+class RunSpec:
+    """A training run of the study. ``overrides`` are method settings merged over the preset (as CLI flags)."""
+
+    preset: str
+    reward: str = "world-aesthetic"
+    seed: int = 0
+    budget: int = 20000  # UNet sample-evaluations (rollout + training forwards)
+    learning_rate: float = 1e-3
+    overrides: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # RunSettings overrides (prompts_per_iteration, minibatch_size, …)
+    model: str = "tiny"
+    prompts: str = "train"
+    probe_prompts: int = 4  # prompts of the fixed reference pairs (0: no probe)
+    eval_sets: dict = field(default_factory=lambda: {"ood": 18, "train": 18})  # set -> first N prompts
+    eval_seeds: tuple = (0, 1)
+    eval_rewards: tuple = ALL_REWARDS
+    max_iterations: int = 1000
+    label: str = ""  # free text for tables; not hashed
+
+    def method_overrides(self) -> dict:
+        return {**self.overrides, "learning_rate": self.learning_rate}
+
+    def train_config(self, output_dir: str):
+        from rdpo_zoo.config import RunSettings, TrainConfig
+        from rdpo_zoo.registry import merge_settings
+
+        method = merge_settings(self.preset, self.method_overrides())
+        settings = dict(model=self.model, reward=self.reward, prompts=self.prompts, seed=self.seed,
+                        output_dir=output_dir, iterations=self.max_iterations, eval_samples=0, quiet=True,
+                        checkpoint_every=0)
+        settings.update(self.run)
+        return TrainConfig(method, RunSettings(**settings), self.preset)
+
+    def key(self) -> dict:
+        """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
+        config = self.train_config("-").to_dict()
+        config["run"].pop("output_dir")
+        return {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget, "probe_prompts": self.probe_prompts,
+                "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
+                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
+
+    def digest(self) -> str:
+        text = json.dumps(self.key(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def folder(self) -> Path:
+        return RUNS / self.digest()
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["eval_seeds"] = list(self.eval_seeds)
+        data["eval_rewards"] = list(self.eval_rewards)
+        return data
+
+    @staticmethod
+    def from_json(data: dict) -> "RunSpec":
+        data = dict(data)
+        data["eval_seeds"] = tuple(data["eval_seeds"])
+        data["eval_rewards"] = tuple(data["eval_rewards"])
+        return RunSpec(**data)
+
+
+def is_done(spec: RunSpec) -> bool:
+    return (spec.folder() / "done").is_file()
+
+
+def load_metrics(spec: RunSpec) -> list[dict]:
+    path = spec.folder() / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def load_eval(spec: RunSpec) -> dict:
+    return json.loads((spec.folder() / "eval.json").read_text())
+
+
+def _summary(values) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else float("nan")
+    return {"mean": mean, "se": math.sqrt(var / n) if n > 1 else float("nan"), "n": n}
+
+
+def _register_test_parts_if_needed(model: str) -> None:
+    if model.startswith("test-"):  # the CI's tiny random model part (tests/train_parts.py)
+        import sys
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        import rdpo_zoo
+        from train_parts import TestParts
+
+        try:
+            rdpo_zoo.register(TestParts, name="test-parts")
+        except Exception:  # already registered in this process
+            pass
+
+
+def execute(spec: RunSpec, log=print) -> Path:
+    """Train, probe and evaluate ``spec`` unless its folder is complete; returns the folder."""
+    folder = spec.folder()
+    if is_done(spec):
+        return folder
+    _register_test_parts_if_needed(spec.model)
+    import torch
+
+    from rdpo_zoo.trainer import Trainer
+
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete run restarts from scratch
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps({"spec": spec.to_json(), "key": spec.key()}, indent=2, default=str))
+    config = spec.train_config(str(folder))
+    torch.manual_seed(spec.seed)
+    trainer = BudgetTrainer(config)
+    t0 = time.time()
+    trainer.train_to_budget(spec.budget, spec.probe_prompts, log=log)
+    train_seconds = time.time() - t0
+    evaluation = evaluate_run(trainer, spec)
+    evaluation["train_seconds"] = train_seconds
+    evaluation["eval_seconds"] = time.time() - t0 - train_seconds
+    (folder / "eval.json").write_text(json.dumps(evaluation, indent=1))
+    for name in ("lora",):  # weights are not results: keep the folder small (and never commit weights)
+        shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) + "\n")
+    return folder
+
+
+class _BudgetTrainerMixin:
+    """The trainer's own rollout and optimise, looped to a UNet budget instead of a number of iterations, with
+    the log-ratios of the current policy on a fixed set of pairs sampled once from the reference model."""
+
+    def sample_reference_pairs(self, n_prompts: int):
+        """Pairs drawn once, by the method's own rollout, with the adapter disabled (the reference policy)."""
+        import torch
+
+        if n_prompts <= 0 or self.method["rollout"] in ("single", "noised-pairs"):
+            return None
+        keep = self.run.prompts_per_iteration
+        self.run.prompts_per_iteration = n_prompts
+        try:
+            with torch.no_grad(), self.model.reference():
+                result = self.rollout(10**6)  # its own prompt and noise stream, apart from training's
+        finally:
+            self.run.prompts_per_iteration = keep
+        return result.pairs
+
+    def probe(self, pairs, chunk: int = 32) -> dict:
+        """Mean log-ratios of the current policy on the fixed reference pairs (no gradient)."""
+        import torch
+
+        self.model.unet.eval()
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(pairs), chunk):
+                index = torch.arange(start, min(start + chunk, len(pairs)))
+                rows.append(self.pair_loss(pairs.select(index))[1].float())
+        r = torch.cat(rows)
+        return {"ref_r_w": float(r[:, 0].mean()), "ref_r_l": float(r[:, 1].mean()),
+                "ref_pair_mean": float(r.mean()), "ref_accuracy": float((r[:, 0] > r[:, 1]).float().mean()),
+                "ref_pairs": len(pairs)}
+
+    def train_to_budget(self, budget: int, probe_prompts: int, log=print) -> None:
+        acc, run, model = self.accelerator, self.run, self.model
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if self.metrics_path.exists():
+            self.metrics_path.unlink()
+        fixed = self.sample_reference_pairs(probe_prompts)
+        spent, probe_calls = 0, 0
+        if fixed is not None:
+            before = model.unet_calls
+            self._log({"iteration": 0, "unet_calls_total": 0, **self.probe(fixed)})
+            probe_calls += model.unet_calls - before
+        start_calls = model.unet_calls - probe_calls
+        iteration = 0
+        t_start = time.perf_counter()
+        while spent < budget and iteration < run.iterations:
+            t0 = time.perf_counter()
+            result = self.rollout(iteration)
+            t1 = time.perf_counter()
+            batch = result.samples if self.per_sample else result.pairs
+            advantages = None
+            if self.per_sample:
+                advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
+            opt = self.optimise(batch, iteration, advantages)
+            self.lr_scheduler.step()
+            t2 = time.perf_counter()
+            spent = model.unet_calls - probe_calls - start_calls
+            rewards = result.final_rewards.float()
+            record = {
+                "iteration": iteration + 1,
+                "reward_mean": float(rewards.mean()),
+                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+                "pairs": len(batch) if batch is not None else 0,
+                "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
+                "unet_calls": result.stats.get("unet_calls"),
+                "unet_calls_total": spent,
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                "seconds_rollout": t1 - t0,
+                "seconds_optimise": t2 - t1,
+                "seconds_total": t2 - t_start,
+                **opt,
+            }
+            if "r_w" in opt:
+                record["pair_mean"] = (opt["r_w"] + opt["r_l"]) / 2
+            if fixed is not None:
+                before = model.unet_calls
+                record.update(self.probe(fixed))
+                probe_calls += model.unet_calls - before
+            iteration += 1
+            self.iteration = iteration
+            self._log(record)
+            log(f"  it {iteration}: spent {spent}/{budget} reward {record['reward_mean']:.4f} "
+                f"r_w {record.get('r_w', float('nan')):.4g} r_l {record.get('r_l', float('nan')):.4g} "
+                f"ref_r_l {record.get('ref_r_l', float('nan')):.4g} ({t2 - t0:.1f} s)")
+        self.save_lora(self.output_dir / "lora")
+
+
+def _budget_trainer_class():
+    from rdpo_zoo.trainer import Trainer
+
+    return type("BudgetTrainer", (_BudgetTrainerMixin, Trainer), {})
+
+
+def BudgetTrainer(config):  # noqa: N802 - a factory that reads like a class
+    return _budget_trainer_class()(config)
+
+
+def eval_model(pipe):
+    from rdpo_zoo.diffusion import DiffusionModel
+
+    return DiffusionModel(pipe, sampler=EVAL_SAMPLER["sampler"], eta=EVAL_SAMPLER["eta"],
+                          num_steps=EVAL_SAMPLER["num_steps"], guidance_scale=EVAL_SAMPLER["guidance_scale"])
+
+
+def _eval_prompts(name: str, n: int) -> list[str]:
+    from rdpo_zoo.world import prompt_set
+
+    prompts = prompt_set(name)
+    if n >= len(prompts):
+        return prompts
+    step = len(prompts) / n  # spread over the set (train is ordered by attribute)
+    return [prompts[int(i * step)] for i in range(n)]
+
+
+def _rewards(names, registry=None):
+    from rdpo_zoo.registry import get_registry
+
+    registry = registry or get_registry()
+    return {name: registry.get("reward", name).build({}) for name in names}
+
+
+def evaluate_run(trainer, spec: RunSpec) -> dict:
+    """The tuned model (adapter on) on every evaluation set with every reward, per-sample values kept."""
+    import torch
+
+    from rdpo_zoo.evaluate import sample_rewards
+
+    model = eval_model(trainer.pipe)
+    trainer.model.unet.eval()
+    rewards = _rewards(spec.eval_rewards, trainer.registry)
+    out = {"sampler": EVAL_SAMPLER, "seeds": list(spec.eval_seeds), "sets": {}}
+    with torch.no_grad():
+        for name, n in spec.eval_sets.items():
+            prompts = _eval_prompts(name, n)
+            values = sample_rewards(model, prompts, spec.eval_seeds, rewards, batch_size=36)
+            out["sets"][name] = {"prompts": prompts, "rewards": {
+                r: {"values": [float(v) for v in values[r]], **_summary([float(v) for v in values[r]])}
+                for r in values}}
+    return out
+
+
+def base_eval(model: str = "tiny", eval_sets=None, eval_seeds=(0, 1), eval_rewards=ALL_REWARDS) -> dict:
+    """The reference model's evaluation (no LoRA) on the same prompts and noise as :func:`evaluate_run`, cached."""
+    eval_sets = eval_sets or {"ood": 18, "train": 18}
+    key = {"version": STUDY_VERSION, "model": model, "eval_sets": eval_sets, "eval_seeds": list(eval_seeds),
+           "eval_rewards": list(eval_rewards), "eval_sampler": EVAL_SAMPLER, "weights": _weights_id(model)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = RUNS / f"base-{digest}" / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    _register_test_parts_if_needed(model)
+    import torch
+
+    from rdpo_zoo.evaluate import sample_rewards
+    from rdpo_zoo.registry import get_registry
+
+    registry = get_registry()
+    pipe = registry.get("model", model).build({})
+    diffusion = eval_model(pipe)
+    rewards = _rewards(eval_rewards, registry)
+    out = {"key": key, "sampler": EVAL_SAMPLER, "seeds": list(eval_seeds), "sets": {}}
+    with torch.no_grad():
+        for name, n in eval_sets.items():
+            prompts = _eval_prompts(name, n)
+            values = sample_rewards(diffusion, prompts, eval_seeds, rewards, batch_size=36)
+            out["sets"][name] = {"prompts": prompts, "rewards": {
+                r: {"values": [float(v) for v in values[r]], **_summary([float(v) for v in values[r]])}
+                for r in values}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _weights_id(model: str) -> Optional[str]:
+    """A fingerprint of the embedded weights, so a cache made on one snapshot is not read on another."""
+    if model != "tiny":
+        return None
+    folder = ROOT / "rdpo_zoo" / "embedded" / "tiny"
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
