@@ -435,3 +435,19 @@ def test_listing_rewards_imports_no_torch():
     names, heavy = json.loads(out.strip().splitlines()[-1])
     assert {"aesthetic", "pickscore", "hpsv2", "image-reward", "vp-score"} <= set(names)
     assert heavy == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rewards_follow_the_images_to_the_gpu(tmp_path):
+    """The model moves to the images' device on first use; the PIL-exact preprocessing is exact there too."""
+    x = torch.cat([IMAGES[1], IMAGES[1].flip(-1)])
+    assert torch.equal(ClipPreprocess()(x.cuda()).cpu(), ClipPreprocess()(x))
+    reward = ImageReward.from_state_dict(ref.state_from_layout(ref.image_reward_layout()), _blip_tokenizer(tmp_path),
+                                         med_config=ref.IMAGE_REWARD_TINY["med"])
+    cpu = reward(x, ref.PROMPTS)
+    gpu = reward(x.cuda(), ref.PROMPTS)
+    assert gpu.device.type == "cuda" and reward.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    half = ImageReward.from_state_dict(ref.state_from_layout(ref.image_reward_layout()), _blip_tokenizer(tmp_path),
+                                       med_config=ref.IMAGE_REWARD_TINY["med"], dtype="float16")
+    assert half(x.cuda(), ref.PROMPTS).dtype == torch.float32

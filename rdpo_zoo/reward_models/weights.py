@@ -233,7 +233,8 @@ def _resolve_one(source, value: Optional[str], allow_download: bool) -> Resolved
         if path is not None:
             return Resolved(source, value, path=path)
     if not candidates:
-        return Resolved(source, value, missing=f"option {source.option!r} is required (a local path)",
+        return Resolved(source, value, missing=f"option {source.option!r} is required (a local path, or a hub "
+                                              "file ORG/NAME/FILE)",
                         brief=f"{source.option}= (required)")
     if named and allow_download:
         return Resolved(source, value, download=candidates[0])
