@@ -59,10 +59,12 @@ def _csv(kind: str, cast=str):
 @click.option("--beta", type=float, default=0.1, show_default=True)
 @click.option("--psi-lambda", type=float, default=0.0, show_default=True)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU only: torch intra-op threads (1 gives steady figures on a busy machine).")
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, rep_ms) -> None:
+          device, threads, rep_ms) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
@@ -93,7 +95,7 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         providers = ("triton", "eager", "compile")
     settings = kbench.BenchSettings(
         grid=grid, providers=providers, modes=modes or kbench.MODES, op=op, loss=loss, penalty=penalty, beta=beta,
-        psi_lambda=psi_lambda, device=device, interpret=interpret,
+        psi_lambda=psi_lambda, device=device, interpret=interpret, threads=threads,
         rep_ms=rep_ms if rep_ms is not None else (50.0 if interpret else (200.0 if on_cpu else 100.0)),
     )
     if on_cpu and "triton" in providers and not interpret:

@@ -34,6 +34,8 @@ from rdpo_zoo.reference import paired_log_ratios as _reference_log_ratios
 
 __all__ = [
     "BACKENDS",
+    "FUSED_LOSSES",
+    "FUSED_PENALTIES",
     "paired_log_ratios",
     "preference_loss",
     "fused_loss_path",
@@ -43,6 +45,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("triton", "reference")
+#: ``PairwiseLoss.fused`` / ``Penalty.fused`` names the loss epilogue kernel computes, and their compile-time codes
+FUSED_LOSSES = {"dpo": 1, "ipo": 2, "hinge": 3}
+FUSED_PENALTIES = {"psi": 1, "psi-literal": 2, "dpop": 3}
 _triton_modules: Optional[tuple] = None
 _triton_error: Optional[BaseException] = None
 
@@ -154,15 +159,12 @@ def paired_log_ratios(
 
 def _fused_codes(loss_obj, penalty_obj):
     """``(loss_code, penalty_code, reason)``: the kernel's codes, or ``reason`` why there is no fused form."""
-    _, kernel_losses = _load_triton() or (None, None)
-    if kernel_losses is None:
-        return None, None, "Triton unavailable"
-    loss_code = kernel_losses.FUSED_LOSSES.get(loss_obj.fused) if loss_obj.fused else None
+    loss_code = FUSED_LOSSES.get(loss_obj.fused) if loss_obj.fused else None
     if loss_code is None:
         return None, None, f"loss {loss_obj.name!r} has no fused form (fused={loss_obj.fused!r})"
     if penalty_obj is None:
         return loss_code, 0, None
-    penalty_code = kernel_losses.FUSED_PENALTIES.get(penalty_obj.fused) if penalty_obj.fused else None
+    penalty_code = FUSED_PENALTIES.get(penalty_obj.fused) if penalty_obj.fused else None
     if penalty_code is None:
         return None, None, f"penalty {penalty_obj.name!r} has no fused form (fused={penalty_obj.fused!r})"
     return loss_code, penalty_code, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -74,6 +75,7 @@ class BenchSettings:
     interpret: bool = False
     rep_ms: float = 100.0  # timing budget per measurement
     warmup_ms: float = 25.0
+    threads: Optional[int] = None  # CPU: torch intra-op threads (None: torch's default)
 
     def points(self) -> list[Point]:
         g = self.grid
@@ -296,13 +298,18 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         timer = cuda_timer if have_triton_timer else cuda_event_timer
         timer_name = "triton.testing.do_bench" if have_triton_timer else "torch.cuda.Event"
     else:
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
         timer, timer_name = cpu_timer, "time.perf_counter (warm-up, then each call)"
         notes.append("peak memory: measured on CUDA only")
+        if hasattr(os, "getloadavg"):
+            notes.append(f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average "
+                         f"{os.getloadavg()[0]:.2f} at the start (other work on the machine skews CPU timings)")
     compiled = None
     if "compile" in providers:
-        import torch._dynamo
+        import torch._dynamo as dynamo
 
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)
         compiled = torch.compile(_reference_fn(settings.op, loss_kwargs))
     fns = {"eager": _reference_fn(settings.op, loss_kwargs), "compile": compiled}
     if "triton" in providers:
@@ -416,18 +423,28 @@ def _index(result: dict) -> dict:
     return out
 
 
+def _fmt_time(ms: Optional[float]) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms * 1e3:.3g}µs" if ms < 1 else f"{ms:.4g}ms"
+
+
+def _fmt(v: Optional[float], spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
 def format_table(result: dict) -> str:
-    """One line per (point, mode): each provider's median time, and for Triton its GB/s on the one-pass minimum
-    and on the bytes it moves, the moved/minimum ratio, the fraction of the measured copy bandwidth (moved
-    bytes) and the speed-ups. Launch-bound rows (the copy of their bytes takes < LAUNCH_BOUND_US) show latency
-    in µs instead of GB/s."""
+    """One line per (point, mode): each provider's median time; the best GB/s on the one-pass minimum of bytes;
+    Triton's GB/s on the minimum and on the bytes it moves, the moved/minimum ratio, the fraction of the copy
+    bandwidth measured at the moved byte count, and its speed-ups. ``bound`` is ``launch`` where copying the
+    op's bytes takes under ``launch_bound_us`` (then read the times as latencies: GB/s mean little there)."""
     idx = _index(result)
     providers = result["providers"]
     cuda = result["device_type"] == "cuda"
-    head = ["P", "D", "dtype", "layout", "mode"] + [f"{p} ms" for p in PROVIDERS if p in providers]
-    head += ["best GB/s (min)", "triton GB/s min/moved", "moved/min", "% copy (moved)", "x eager", "x compile"]
+    head = ["P", "D", "dtype", "layout", "mode"] + [p for p in PROVIDERS if p in providers]
+    head += ["bound", "best GB/s", "triton GB/s min|moved", "moved/min", "triton %copy", "x eager", "x compile"]
     if cuda:
-        head += ["peak MB " + "/".join(p for p in PROVIDERS if p in providers)]
+        head += ["peak MB " + "|".join(p for p in PROVIDERS if p in providers)]
     lines = [head]
     seen = []
     for row in result["rows"]:
@@ -441,30 +458,21 @@ def format_table(result: dict) -> str:
             return None if row is None else row["median"]
 
         copy_ms = get("copy", "time_min_bytes")
-        launch_bound = copy_ms is not None and copy_ms * 1e3 < LAUNCH_BOUND_US
+        launch_bound = copy_ms is not None and copy_ms * 1e3 < result.get("launch_bound_us", LAUNCH_BOUND_US)
         cells = [str(key[0]), str(key[1]), key[2], key[3], key[4]]
-        for p in PROVIDERS:
-            if p in providers:
-                t = get(p, "time")
-                cells.append("—" if t is None else (f"{t * 1e3:.1f}µs" if launch_bound else f"{t:.3f}"))
-        best = [get(p, "throughput_min_bytes") for p in providers]
-        best = [b for b in best if b is not None]
-        cells.append("latency" if launch_bound else (f"{max(best):.1f}" if best else "—"))
+        cells += [_fmt_time(get(p, "time")) for p in PROVIDERS if p in providers]
+        cells.append("launch" if launch_bound else "memory")
+        best = [b for b in (get(p, "throughput_min_bytes") for p in providers) if b is not None]
+        cells.append(_fmt(max(best)) if best else "—")
         tmin, tmoved = get("triton", "throughput_min_bytes"), get("triton", "throughput_moved_bytes")
-        if tmin is None or launch_bound:
-            cells.append("—" if tmin is None else "latency")
-        else:
-            cells.append(f"{tmin:.0f}/{tmoved:.0f}" if tmoved is not None else f"{tmin:.0f}")
+        cells.append("—" if tmin is None else f"{_fmt(tmin)}|{_fmt(tmoved)}")
         bmin, bmoved = get("model", "bytes_min"), get("triton", "bytes_moved")
         cells.append(f"{bmoved / bmin:.2f}" if bmoved and bmin else "—")
         frac = get("triton", "copy_fraction_moved_bytes")
-        cells.append("—" if frac is None or launch_bound else f"{100 * frac:.0f}%")
-        for other in ("eager", "compile"):
-            s = get("triton", f"speedup_vs_{other}")
-            cells.append("—" if s is None else f"{s:.2f}")
+        cells.append("—" if frac is None else f"{100 * frac:.0f}%")
+        cells += [_fmt(get("triton", f"speedup_vs_{other}"), ".2f") for other in ("eager", "compile")]
         if cuda:
-            cells.append("/".join("—" if get(p, "peak_memory_above_inputs") is None
-                                  else f"{get(p, 'peak_memory_above_inputs'):.0f}" for p in PROVIDERS
+            cells.append("|".join(_fmt(get(p, "peak_memory_above_inputs"), ".0f") for p in PROVIDERS
                                   if p in providers))
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

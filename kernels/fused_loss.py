@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdpo_zoo.kernels import FUSED_LOSSES, FUSED_PENALTIES
 from rdpo_zoo.reference import PairedInputs
 
 from .log_ratio import (
@@ -49,9 +50,6 @@ from .log_ratio import (
 
 __all__ = ["FUSED_LOSSES", "FUSED_PENALTIES", "FusedPreferenceLossFunction", "preference_loss_triton"]
 
-#: ``PairwiseLoss.fused`` / ``Penalty.fused`` names this kernel knows, and their compile-time codes.
-FUSED_LOSSES = {"dpo": 1, "ipo": 2, "hinge": 3}
-FUSED_PENALTIES = {"psi": 1, "psi-literal": 2, "dpop": 3}
 
 
 @triton.jit

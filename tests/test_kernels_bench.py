@@ -1,0 +1,173 @@
+"""``rdpo-zoo bench`` and the byte model, and that the kernels and the bench import with only torch (+ triton).
+
+The bench runs in subprocesses: the conftest switches the Triton interpreter on for this process, and the point of
+two of these tests is a process where it is off (a CPU machine: Triton needs a GPU) or where Triton, diffusers,
+peft and transformers cannot be imported at all (a bare GPU machine has torch and triton only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rdpo_zoo.kernels import bench as kbench
+
+RDPO_ZOO = [sys.executable, "-c", "from rdpo_zoo.cli import main; main()"]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(extra)
+    return env
+
+
+def _run(args, env=None, timeout=600):
+    done = subprocess.run(RDPO_ZOO + args, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _load(path):
+    result = json.loads(path.read_text())
+    kbench.validate_result(result)
+    return result
+
+
+def test_bench_quick_json_on_cpu(tmp_path):
+    """--quick on the CPU: the reference runs, the Triton path says it needs a GPU, the JSON is valid."""
+    path = tmp_path / "bench.json"
+    done = _run(["bench", "--quick", "--providers", "triton,eager", "--threads", "1", "--rep-ms", "20",
+                 "--json", str(path)])
+    assert "the Triton path needs a CUDA GPU" in done.stdout
+    assert "loss 'dpo': fused" in done.stdout
+    result = _load(path)
+    assert result["device_type"] == "cpu" and result["providers"] == ["eager"]
+    assert result["versions"]["torch"] == torch.__version__
+    points = {(r["x"]["P"], r["x"]["D"], r["x"]["dtype"], r["x"]["layout"]) for r in result["rows"]}
+    assert points == {(P, 16384, dt, "shared") for P in (1, 8) for dt in ("fp32", "bf16")}
+    times = [r for r in result["rows"] if r["metric"] == "time"]
+    assert {(r["provider"], r["mode"]) for r in times} == {("eager", "forward"), ("eager", "full")}
+    assert any(r["provider"] == "copy" and r["metric"] == "bandwidth_min_bytes" for r in result["rows"])
+    # the table: a header and one line per point and mode
+    assert "best GB/s" in done.stdout and done.stdout.count(" shared ") >= 8
+
+
+def test_bench_interpret_runs_the_triton_path(tmp_path):
+    path = tmp_path / "bench.json"
+    done = _run(["bench", "--interpret", "--P", "1,2", "--D", "300", "--dtypes", "fp32,mixed", "--layouts",
+                 "shared,noised", "--providers", "triton,eager", "--rep-ms", "5", "--loss", "rdpo",
+                 "--psi-lambda", "1.0", "--json", str(path)])
+    assert "interpreter" in done.stdout
+    result = _load(path)
+    assert result["interpret"] is True and result["providers"] == ["triton", "eager"]
+    metrics = {(r["provider"], r["metric"]) for r in result["rows"]}
+    for metric in ("time", "throughput_min_bytes", "throughput_moved_bytes", "copy_fraction_moved_bytes",
+                   "speedup_vs_eager", "bytes_moved"):
+        assert ("triton", metric) in metrics, metric
+    assert result["loss"]["path"] == "fused"
+
+
+def test_bench_notes_an_unfused_loss(tmp_path):
+    """A loss with no fused form is reported: at the top of the run and in the JSON."""
+    code = textwrap.dedent("""
+        import json, sys
+        from rdpo_zoo import losses
+        from rdpo_zoo.kernels import bench
+        losses.PAIRWISE_LOSSES["sq"] = losses.PairwiseLoss("sq", lambda i: (1 - i.margin) ** 2, "squared")
+        s = bench.BenchSettings(grid=dict(P=(1,), D=(64,), dtype=("fp32",), layout=("shared",)),
+                                providers=("eager",), loss="sq", rep_ms=2, warmup_ms=1)
+        r = bench.run_bench(s)
+        bench.validate_result(r)
+        print(json.dumps(r["notes"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any("no fused form" in n for n in notes), notes
+
+
+@pytest.mark.slow
+def test_bench_quick_with_torch_compile(tmp_path):
+    """The full --quick run, torch.compile included (compiling on the CPU takes minutes)."""
+    path = tmp_path / "bench.json"
+    _run(["bench", "--quick", "--threads", "1", "--json", str(path)], timeout=1800)
+    result = _load(path)
+    assert "compile" in result["providers"]
+
+
+def test_kernels_and_bench_import_without_heavy_packages():
+    """With diffusers, peft, transformers, accelerate *and triton* unimportable: the kernels fall back to the
+    reference (auto) or raise a clear error (backend='triton'), and ``rdpo-zoo bench`` runs."""
+    code = textwrap.dedent("""
+        import importlib.abc, sys
+        BLOCKED = {"diffusers", "peft", "transformers", "accelerate", "triton"}
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"No module named {name!r}")
+        sys.meta_path.insert(0, Blocker())
+        import torch
+        from rdpo_zoo import kernels
+        y, x = torch.randn(2, 2, 8), torch.randn(2, 8)
+        o, o_ref = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8)
+        loss = kernels.preference_loss(y, x, o, o_ref, 0.5, 1.0, 0.5)
+        loss.backward()
+        try:
+            kernels.preference_loss(y, x, o, o_ref, 0.5, 1.0, 0.5, backend="triton")
+            raise SystemExit("expected an error")
+        except RuntimeError as error:
+            assert "Triton cannot be imported" in str(error), error
+        from rdpo_zoo.cli import main
+        try:
+            main(["bench", "--quick", "--providers", "eager", "--P", "2", "--D", "64", "--rep-ms", "2"])
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_byte_model():
+    P, D = 4, 1000
+    shared = kbench.make_inputs(kbench.Point(P, D, "fp32", "shared"), "cpu")
+    counts = kbench.byte_counts(shared, "preference_loss", "full", n_chunks=3)
+    reads = (2 + 1 + 1 + 1) * P * D * 4  # y per branch; x_t, o_θ, o_ref shared
+    small = 3 * P * 4 + 8 * P + 4  # a, b, σ; r; loss
+    assert counts["min"] == reads + small + P * D * 4
+    backward = (2 + 1 + 1) * P * D * 4 + 3 * P * 4 + 8 * P + P * D * 4  # y, x_t, o_θ again; coefficients; c; grad
+    assert counts["moved"] == reads + small + 2 * (P * 2 * 3 * 4) + 8 * P + backward
+    # at scale the kernels move 10/6 of the one-pass minimum in this layout (the backward re-reads y, x_t, o_θ)
+    big = kbench.make_inputs(kbench.Point(8, 16384, "fp32", "shared"), "cpu")
+    c = kbench.byte_counts(big, "preference_loss", "full", n_chunks=8)
+    assert abs(c["moved"] / c["min"] - 10 / 6) < 0.01
+    # Diffusion-DPO's shared ε (stride 0) is read once; x_t is not read
+    noised = kbench.make_inputs(kbench.Point(P, D, "bf16", "noised"), "cpu")
+    c = kbench.byte_counts(noised, "preference_loss", "forward")
+    assert c["min"] == (1 + 0 + 2 + 2) * P * D * 2 + small and c["moved"] is None
+
+
+def test_validate_result_rejects_bad_rows():
+    good = {"schema": kbench.SCHEMA, "op": "preference_loss", "device": "cpu", "device_type": "cpu",
+            "versions": {"torch": "x", "triton": None, "python": "3"}, "timestamp": "t", "timer": "t", "notes": [],
+            "providers": ["eager"], "grid": {}, "loss": {},
+            "rows": [dict(op="preference_loss", provider="eager", mode="full", metric="time", unit="ms",
+                          x=dict(P=1, D=2, dtype="fp32", layout="shared"), median=1.0, p20=0.9, p80=1.1)]}
+    kbench.validate_result(good)
+    bad = json.loads(json.dumps(good))
+    bad["rows"][0]["p20"] = 2.0
+    with pytest.raises(ValueError, match="p20"):
+        kbench.validate_result(bad)
+    bad = json.loads(json.dumps(good))
+    del bad["rows"][0]["unit"]
+    with pytest.raises(ValueError, match="keys"):
+        kbench.validate_result(bad)
