@@ -451,3 +451,39 @@ def test_rewards_follow_the_images_to_the_gpu(tmp_path):
     half = ImageReward.from_state_dict(ref.state_from_layout(ref.image_reward_layout()), _blip_tokenizer(tmp_path),
                                        med_config=ref.IMAGE_REWARD_TINY["med"], dtype="float16")
     assert half(x.cuda(), ref.PROMPTS).dtype == torch.float32
+
+
+def test_named_hub_ids_download_only_what_loading_needs(tmp_path, monkeypatch):
+    """Online, a named id is fetched by huggingface_hub (faked here): configs, tokenizer files and one weights
+    format, not every format a repository holds."""
+    import huggingface_hub
+
+    from rdpo_zoo.reward_models.common import hub_path
+
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, tuple(allow_patterns)))
+        folder = tmp_path / "snap"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        if "pytorch_model*.bin" in allow_patterns:
+            (folder / "pytorch_model.bin").write_bytes(b"")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **kw: calls.append((repo, name)) or "f")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    clip, mlp = resolve("aesthetic", sources.aesthetic_sources(clip="org/clip", weights="org/mlp/head.pth"))
+    assert (clip.download, mlp.download) == ("org/clip", ("org/mlp", "head.pth"))
+    assert hub_path(clip) == str(tmp_path / "snap") and hub_path(mlp) == "f"
+    assert calls == [("org/clip", ("*.json", "*.txt", "*.safetensors")),
+                     ("org/clip", ("*.json", "*.txt", "pytorch_model*.bin")), ("org/mlp", "head.pth")]
+
+
+def test_an_incomplete_cached_model_is_named(tmp_path):
+    _populate_cache(tmp_path / "hf-cache", "openai/clip-vit-large-patch14", ["config.json"])  # no weights
+    available, detail = sources.aesthetic_available()
+    assert not available and "openai/clip-vit-large-patch14 (incomplete)" in detail
+    with pytest.raises(WeightsNotFoundError, match=r"is cached without model.safetensors or pytorch_model.bin"):
+        resolve("aesthetic", sources.aesthetic_sources())

@@ -49,7 +49,13 @@ def hub_path(resolved: Resolved) -> str:
         return hf_hub_download(target[0], target[1])
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(target)
+    # configs, tokenizer files and safetensors weights; a repository with only pickled weights gets those instead
+    # (never both formats, nor TF/Flax ones: a CLIP-H repository holds them all, several GB each)
+    folder = snapshot_download(target, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+    needs_weights = any("config.json" in group for group in getattr(resolved.source, "needs", ()))
+    if needs_weights and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
+        folder = snapshot_download(target, allow_patterns=["*.json", "*.txt", "pytorch_model*.bin"])
+    return folder
 
 
 def load_torch_file(path: str) -> dict:

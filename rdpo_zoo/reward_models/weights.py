@@ -160,18 +160,6 @@ class Resolved:
     missing: Optional[str] = None
     brief: Optional[str] = None  # the missing thing in a few words, for listings
 
-    @property
-    def local(self) -> bool:
-        return self.path is not None
-
-    def describe(self) -> str:
-        if self.path is not None:
-            return self.path
-        if self.download is not None:
-            name = self.download if isinstance(self.download, str) else "/".join(self.download)
-            return f"{name} (download on first use)"
-        return f"missing: {self.missing}"
-
 
 def _split_hub_file(value: str) -> Optional[Tuple[str, str]]:
     """``org/name/path/file.pt`` -> ``("org/name", "path/file.pt")``; ``None`` if it has fewer than 3 parts."""
@@ -207,19 +195,21 @@ def _resolve_one(source, value: Optional[str], allow_download: bool) -> Resolved
     named = value is not None
     if folder:
         candidates = [value] if named else list(source.default)
+        partial = []  # cached snapshots without every needed file
         for repo_id in candidates:
-            lacking = ["?"]
             for snapshot in _snapshots(repo_id):
                 lacking = _has_files(snapshot, source.needs)
                 if not lacking:
                     return Resolved(source, value, path=snapshot)
+                partial.append(f"{repo_id} is cached without {', '.join(lacking)}")
         if not candidates:
             return Resolved(source, value, missing=f"option {source.option!r} is required",
                             brief=f"{source.option}= (required)")
         if named and allow_download:
             return Resolved(source, value, download=value)
-        return Resolved(source, value, missing=f"{' or '.join(candidates)} is not in the local Hugging Face cache "
-                                              f"({hub_cache_dir()})", brief=candidates[0])
+        why = "; ".join(partial) or (f"{' or '.join(candidates)} is not in the local Hugging Face cache "
+                                     f"({hub_cache_dir()})")
+        return Resolved(source, value, missing=why, brief=candidates[0] + (" (incomplete)" if partial else ""))
     if named:
         hub = _split_hub_file(value)
         if hub is None:
