@@ -12,6 +12,8 @@ pinned in tests/test_reward_models.py.
         transformers==4.55.4 "huggingface_hub<1" diffusers==0.39.0 openai-clip "setuptools<81"
     /tmp/irenv/bin/pip install --no-deps open_clip_torch==2.24.0 ftfy
     /tmp/irenv/bin/python tests/reward_models_reference.py
+    # and rdpo-zoo's rewards on the same models, in the same process (transformers 4.55 there):
+    PYTHONPATH=. /tmp/irenv/bin/python tests/reward_models_reference.py --compare
 """
 
 from __future__ import annotations
@@ -390,5 +392,41 @@ def _official_golden() -> dict:  # pragma: no cover -- runs in the side environm
     return out
 
 
+def _rdpo_zoo_scores() -> dict:  # pragma: no cover -- the same tiny models through rdpo-zoo's rewards
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    from rdpo_zoo.reward_models.aesthetic import Aesthetic, AestheticMLP
+    from rdpo_zoo.reward_models.hpsv2 import HPSv2
+    from rdpo_zoo.reward_models.image_reward import ImageReward, load_blip_tokenizer
+    from rdpo_zoo.reward_models.pickscore import PickScore
+
+    images = as_tensor(test_images())
+    tmp = tempfile.mkdtemp()
+    clip_tok = CLIPTokenizer.from_pretrained(write_clip_vocab(os.path.join(tmp, "clip")))
+    mlp = AestheticMLP()
+    mlp.load_state_dict(state_from_layout(aesthetic_mlp_layout()))
+    rewards = {
+        "aesthetic": Aesthetic.from_modules(tiny_clip_model(), mlp),
+        "pickscore": PickScore.from_modules(tiny_clip_model(projection_dim=16), clip_tok),
+        "image_reward": ImageReward.from_state_dict(state_from_layout(image_reward_layout()),
+                                                    load_blip_tokenizer(write_bert_vocab(os.path.join(tmp, "bert"))),
+                                                    med_config=IMAGE_REWARD_TINY["med"]),
+    }
+    out = {name: [float(r(x, [p])) for x, p in zip(images, PROMPTS)] for name, r in rewards.items()}
+    hps = HPSv2.from_open_clip_state_dict(state_from_layout(open_clip_layout()), clip_tok)
+    out["hpsv2"] = [float(hps.model.score_tokens(x, torch.tensor([ids]))) for x, ids in zip(images, HPS_TOKENS)]
+    return out
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(_official_golden(), indent=1))
+    import sys
+
+    official = _official_golden()
+    print(json.dumps(official, indent=1))
+    if "--compare" in sys.argv:  # rdpo-zoo importable here too (PYTHONPATH=.): compare in one process
+        ours = _rdpo_zoo_scores()
+        worst = max(abs(a - b) / max(abs(b), 1e-3) for k in ours for a, b in zip(ours[k], official[k]))
+        print(json.dumps({"rdpo_zoo": ours, "worst_relative_difference": worst}, indent=1))
+        assert worst < 2e-5, worst
