@@ -15,7 +15,6 @@ weight_name="pytorch_lora_weights.safetensors")``) and ``eval.json`` (base again
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -23,9 +22,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 

@@ -1,7 +1,5 @@
 """Step-wise best-of-N (RDPO Table 4) on a tiny random pipeline with a known reward."""
 
-import torch
-
 from rdpo_zoo.best_of_n import best_of_n
 from rdpo_zoo.diffusion import DiffusionModel
 from rdpo_zoo.plugins.estimators import DeltaQ, X0Hat
