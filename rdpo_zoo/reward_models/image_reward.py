@@ -20,7 +20,6 @@ ImageReward's ``_transform``: ``Resize(224, bicubic)``, ``CenterCrop(224)`` (tor
 from __future__ import annotations
 
 import json
-import logging
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -43,8 +42,6 @@ __all__ = [
     "ImageReward",
     "VPScore",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: the official normalisation (``ImageReward.mean`` / ``.std``): rewards of SD 1.4 samples have mean 0, std 1
 IMAGE_REWARD_MEAN = 0.16717362830052426
