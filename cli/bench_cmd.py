@@ -61,10 +61,14 @@ def _csv(kind: str, cast=str):
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU only: torch intra-op threads (1 gives steady figures on a busy machine).")
+@click.option("--block-d", type=int, default=None, help="GPU: columns per kernel block (a power of two; 1024).")
+@click.option("--num-warps", type=int, default=None, help="GPU: warps per program of the streaming kernels (4).")
+@click.option("--programs-per-sm", type=int, default=None,
+              help="GPU: programs the streaming grids aim for per SM (8).")
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, threads, rep_ms) -> None:
+          device, threads, block_d, num_warps, programs_per_sm, rep_ms) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
@@ -96,8 +100,19 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
     settings = kbench.BenchSettings(
         grid=grid, providers=providers, modes=modes or kbench.MODES, op=op, loss=loss, penalty=penalty, beta=beta,
         psi_lambda=psi_lambda, device=device, interpret=interpret, threads=threads,
+        tuning={k: v for k, v in dict(block_d=block_d, num_warps=num_warps, programs_per_sm=programs_per_sm).items()
+                if v is not None},
         rep_ms=rep_ms if rep_ms is not None else (50.0 if interpret else (200.0 if on_cpu else 100.0)),
     )
+    if settings.tuning:
+        try:
+            from rdpo_zoo.kernels import log_ratio
+        except ImportError as error:
+            raise click.UsageError(f"--block-d/--num-warps/--programs-per-sm: Triton cannot be imported ({error})")
+        try:
+            log_ratio.set_tuning(**settings.tuning)
+        except ValueError as error:
+            raise click.UsageError(str(error))
     if on_cpu and "triton" in providers and not interpret:
         click.echo("note: the Triton path needs a CUDA GPU; timing the reference and torch.compile only "
                    "(--interpret runs the kernels under the Triton interpreter, as a smoke test)")
@@ -111,7 +126,7 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         click.echo(f"note: {note}")
     v = result["versions"]
     click.echo(f"{result['op']} on {result['device']} (torch {v['torch']}, triton {v['triton']}; timer: "
-               f"{result['timer']})")
+               f"{result['timer']}; kernel tuning: {result['tuning']})")
     click.echo(kbench.format_table(result))
     if json_path is not None:
         kbench.validate_result(result)

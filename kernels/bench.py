@@ -76,6 +76,7 @@ class BenchSettings:
     rep_ms: float = 100.0  # timing budget per measurement
     warmup_ms: float = 25.0
     threads: Optional[int] = None  # CPU: torch intra-op threads (None: torch's default)
+    tuning: dict = field(default_factory=dict)  # GPU launch parameters: block_d, num_warps, programs_per_sm
 
     def points(self) -> list[Point]:
         g = self.grid
@@ -288,6 +289,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
             providers.remove("triton")
         elif status["interpreted"]:
             notes.append("triton: under TRITON_INTERPRET=1 (the interpreter): a smoke test, not a speed")
+    tuning = None
+    if status["available"]:
+        from rdpo_zoo.kernels import log_ratio
+
+        tuning = log_ratio.set_tuning(**settings.tuning)
     loss_kwargs = dict(loss=settings.loss, beta=settings.beta, penalty=settings.penalty,
                        psi_lambda=settings.psi_lambda)
     loss_path = kernels.fused_loss_path(settings.loss, settings.penalty) if settings.op == "preference_loss" else None
@@ -400,6 +406,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         "providers": [p for p in PROVIDERS if p in providers],
         "modes": list(settings.modes),
         "launch_bound_us": LAUNCH_BOUND_US,
+        "tuning": tuning,
         "notes": notes,
         "rows": rows,
     }

@@ -46,6 +46,8 @@ from rdpo_zoo.reference import PairedInputs
 __all__ = [
     "LaunchConfig",
     "choose_launch_config",
+    "set_tuning",
+    "TUNING",
     "force_launch_config",
     "is_interpreted",
     "PairedLogRatiosFunction",
@@ -298,10 +300,31 @@ class LaunchConfig:
     num_warps: int = 4
 
 
-#: Programs the forward and backward grids aim for per streaming multiprocessor: four 4-warp programs per SM are
-#: resident at once (about 100 registers a thread), each with five 4 KiB loads in flight per iteration — far more
-#: than the ~30 KiB per SM that saturates HBM3 — in one wave, so no tail.
-PROGRAMS_PER_SM = 4
+#: GPU launch parameters (``set_tuning`` changes them; ``rdpo-zoo bench --block-d/--num-warps/--programs-per-sm``
+#: sweeps them). The streaming kernels use 48 (forward) and 32 (backward) registers a thread at 1024 columns and 4
+#: warps (ptxas, sm_90), so up to 10 such programs fit on an SM: aiming at 8 per SM (~1056 on an H100) keeps
+#: 16 KiB+ of loads in flight per SM, above the ~18 KiB/SM that Little's law asks of HBM3 (3.35 TB/s × ~0.7 µs).
+TUNING = {"block_d": 1024, "num_warps": 4, "programs_per_sm": 8}
+
+
+def set_tuning(block_d: Optional[int] = None, num_warps: Optional[int] = None,
+               programs_per_sm: Optional[int] = None) -> dict:
+    """Change the GPU launch parameters (a power-of-two ``block_d`` ≥ 16, ``num_warps`` in 1…16); returns them."""
+    if block_d is not None:
+        if block_d < 16 or block_d & (block_d - 1):
+            raise ValueError(f"block_d: expected a power of two >= 16, got {block_d}")
+        TUNING["block_d"] = int(block_d)
+    if num_warps is not None:
+        if num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps: expected 1, 2, 4, 8 or 16, got {num_warps}")
+        TUNING["num_warps"] = int(num_warps)
+    if programs_per_sm is not None:
+        if programs_per_sm < 1:
+            raise ValueError(f"programs_per_sm: expected a positive integer, got {programs_per_sm}")
+        TUNING["programs_per_sm"] = int(programs_per_sm)
+    return dict(TUNING)
+
+
 _forced: Optional[tuple[int, Optional[int]]] = None
 _sm_count: dict[int, int] = {}
 
@@ -320,10 +343,11 @@ def _multiprocessors(device: torch.device) -> int:
 def choose_launch_config(P: int, D: int, device: torch.device) -> LaunchConfig:
     """The grid for ``P`` pairs of ``D`` elements.
 
-    On a GPU: 1024-column blocks (4 warps, 8 fp32 a thread: two 16-byte loads per tensor), and chunks cut so that
-    ``P · n_chunks`` is about ``PROGRAMS_PER_SM`` × the SM count (528 on an H100) — at SD1.5/SDXL sizes P = 1 gives
-    16–64 programs (launch-bound anyway) and P·D ≥ 2²² gives ≥ 512 programs of ≥ 8 KiB per tensor each. Under the
-    interpreter (0.27 ms a program, ~free vector width): one program per pair with one wide block.
+    On a GPU (``TUNING``): 1024-column blocks (4 warps, 8 fp32 a thread: two 16-byte loads per tensor), and chunks
+    cut so that ``P · n_chunks`` is about ``programs_per_sm`` × the SM count (1056 on an H100), never below one
+    block: at SD1.5/SDXL sizes P = 1 gives 16–64 programs (launch-bound anyway) and P·D ≥ 2²² gives 1024–4096
+    programs of 1–4 blocks. Under the interpreter (~15 ms per program and loop iteration, vector width nearly
+    free): one program per pair, one wide block.
     """
     if _forced is not None:
         block_d, chunk = _forced
@@ -333,10 +357,10 @@ def choose_launch_config(P: int, D: int, device: torch.device) -> LaunchConfig:
         block_d = min(max(_next_pow2(D), 16), 8192)
         chunk = block_d * math.ceil(D / block_d)
         return LaunchConfig(block_d, chunk, 1)
-    block_d = min(1024, max(128, _next_pow2(D)))
-    want_chunks = max(1, math.ceil(PROGRAMS_PER_SM * _multiprocessors(device) / P))
+    block_d = min(TUNING["block_d"], max(128, _next_pow2(D)))
+    want_chunks = max(1, math.ceil(TUNING["programs_per_sm"] * _multiprocessors(device) / P))
     chunk = block_d * max(1, math.ceil(math.ceil(D / want_chunks) / block_d))
-    return LaunchConfig(block_d, chunk, math.ceil(D / chunk), num_warps=4)
+    return LaunchConfig(block_d, chunk, math.ceil(D / chunk), num_warps=TUNING["num_warps"])
 
 
 class force_launch_config:
