@@ -41,15 +41,12 @@ def best_of_n(estimators, n, prompts, limit, seeds, reward, reward_opt, model, m
               guidance_scale, batch_size, json_path) -> None:
     """At each step draw N candidates from x_t, keep the best by each estimator, continue; report the final
     reward (mean ± s.e. over prompts × seeds, the same for every row) beside plain sampling."""
-    import torch
-
     from rdpo_zoo.best_of_n import best_of_n as run
     from rdpo_zoo.cli.plugins_cmd import parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.registry import get_registry
     from rdpo_zoo.world import prompt_set
 
-    torch.set_grad_enabled(False)
     names = [e.strip() for e in estimators.split(",") if e.strip()]
     registry = get_registry()
     built = {}

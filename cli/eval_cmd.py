@@ -32,8 +32,6 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
              batch_size, json_path) -> None:
     """Mean ± s.e. of every reward over prompts × seeds, for the base model or a trained LoRA (and its gain over
     the base on identical noise)."""
-    import torch
-
     from rdpo_zoo.cli.best_of_n_cmd import _ints
     from rdpo_zoo.cli.plugins_cmd import parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
@@ -42,7 +40,6 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     from rdpo_zoo.trainer import LORA_WEIGHT_NAME
     from rdpo_zoo.world import prompt_set
 
-    torch.set_grad_enabled(False)
     run_config = {}
     if run_dir is not None:
         if not (run_dir / "lora" / LORA_WEIGHT_NAME).is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from functools import lru_cache
 
@@ -11,35 +10,13 @@ import torch
 from rdpo_zoo.rewards import Reward
 
 
-def _bytes_to_unicode():
-    # CLIP's byte-level alphabet (as in transformers' CLIPTokenizer).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @lru_cache(maxsize=1)
 def tokenizer_dir() -> str:
-    """A byte-level CLIP BPE vocabulary with no merges: every character is a token."""
+    """The project's offline byte-level CLIP BPE (every byte is a token, plus a few words), in a temporary folder."""
+    from rdpo_zoo.pretrain import build_tokenizer
+
     path = tempfile.mkdtemp(prefix="rdpo-tiny-tokenizer-")
-    alphabet = _bytes_to_unicode()
-    vocab = {}
-    for ch in alphabet:
-        vocab[ch] = len(vocab)
-    for ch in alphabet:
-        vocab[ch + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with open(f"{path}/vocab.json", "w") as f:
-        json.dump(vocab, f)
-    with open(f"{path}/merges.txt", "w") as f:
-        f.write("#version: 0.2\n")
+    build_tokenizer(path, words=("red", "circle", "square"), max_length=16)
     return path
 
 
@@ -52,7 +29,9 @@ def _tokenizer():
 def _text_config(**kw):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, vocab_size=520, hidden_size=32,
+    tokenizer = _tokenizer()
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer), hidden_size=32,
                           intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
                           projection_dim=32, **kw)
 
