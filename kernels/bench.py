@@ -441,7 +441,8 @@ def _fmt(v: Optional[float], spec: str = ".3g") -> str:
 
 
 def format_table(result: dict) -> str:
-    """One line per (point, mode): each provider's median time; the best GB/s on the one-pass minimum of bytes;
+    """One line per (point, mode): each provider's median time; the copy bandwidth measured at the one-pass byte
+    count and the best provider's GB/s on that count;
     Triton's GB/s on the minimum and on the bytes it moves, the moved/minimum ratio, the fraction of the copy
     bandwidth measured at the moved byte count, and its speed-ups. ``bound`` is ``launch`` where copying the
     op's bytes takes under ``launch_bound_us`` (then read the times as latencies: GB/s mean little there)."""
@@ -449,7 +450,7 @@ def format_table(result: dict) -> str:
     providers = result["providers"]
     cuda = result["device_type"] == "cuda"
     head = ["P", "D", "dtype", "layout", "mode"] + [p for p in PROVIDERS if p in providers]
-    head += ["bound", "best GB/s", "triton GB/s min|moved", "moved/min", "triton %copy", "x eager", "x compile"]
+    head += ["bound", "copy GB/s", "best GB/s", "triton GB/s min|moved", "moved/min", "triton %copy", "x eager", "x compile"]
     if cuda:
         head += ["peak MB " + "|".join(p for p in PROVIDERS if p in providers)]
     lines = [head]
@@ -469,6 +470,7 @@ def format_table(result: dict) -> str:
         cells = [str(key[0]), str(key[1]), key[2], key[3], key[4]]
         cells += [_fmt_time(get(p, "time")) for p in PROVIDERS if p in providers]
         cells.append("launch" if launch_bound else "memory")
+        cells.append(_fmt(get("copy", "bandwidth_min_bytes")))
         best = [b for b in (get(p, "throughput_min_bytes") for p in providers) if b is not None]
         cells.append(_fmt(max(best)) if best else "—")
         tmin, tmoved = get("triton", "throughput_min_bytes"), get("triton", "throughput_moved_bytes")

@@ -71,8 +71,8 @@ class Case:
         return (t["y"], t["x_t"], t["o_theta"], t["o_ref"], self.a, self.b, self.sigma)
 
     def args64(self):
-        """The same values in float64, for the reference run (and differentiable to the float64 leaves)."""
-        leaves64 = {n: (None if v is None else v.detach().double().requires_grad_(v.requires_grad))
+        """The same values in float64 on the CPU, for the reference run (differentiable to the float64 leaves)."""
+        leaves64 = {n: (None if v is None else v.detach().double().cpu().requires_grad_(v.requires_grad))
                     for n, v in self.leaves.items()}
         out = []
         for n in NAMES:
@@ -86,8 +86,8 @@ class Case:
             elif leaf is not None:
                 out.append(leaf)
             else:
-                out.append(t.detach().double())
-        coef = [c.double() if isinstance(c, torch.Tensor) else c for c in (self.a, self.b, self.sigma)]
+                out.append(t.detach().double().cpu())
+        coef = [c.double().cpu() if isinstance(c, torch.Tensor) else c for c in (self.a, self.b, self.sigma)]
         return tuple(out) + tuple(coef), leaves64
 
 
@@ -127,10 +127,10 @@ def make_case(seed: int, P: int, D: int, shared: dict, dtypes: dict, layouts: di
             value = randn(shape)
         value = value.to(dtypes[name])
         if name == "y" and expand_y and is_shared:  # Diffusion-DPO's ε: [P, 2, D] with stride 0 on the branch
-            leaf = _layout(value, layouts[name]).detach().requires_grad_(grads[name])
+            leaf = _layout(value.to(DEVICE), layouts[name]).detach().requires_grad_(grads[name])
             tensors[name], leaves[name] = leaf.unsqueeze(1).expand(P, 2, D), leaf if grads[name] else None
             continue
-        t = _layout(value, layouts[name]).to(DEVICE).detach().requires_grad_(grads[name])
+        t = _layout(value.to(DEVICE), layouts[name]).detach().requires_grad_(grads[name])
         tensors[name], leaves[name] = t, t if grads[name] else None
     lo, hi = sigma_range
     a = 0.0 if (a_zero or drop_x) else (0.5 + torch.rand(P, generator=g, dtype=torch.float64) * 0.7)
@@ -432,7 +432,7 @@ def test_every_fused_loss_penalty_placement_and_clamp(dtype, loss, penalty, plac
             assert_close(f"d/d{n}", got[n], w, 1e-9 * w.abs() + 1e-12 * w.abs().max() + 1e-300)
         return
     assert_close("r", r, r_ref, 1e-5 * ratio_magnitude(case))
-    r_at = r.detach().double().requires_grad_(True)
+    r_at = r.detach().double().cpu().requires_grad_(True)
     per_pair = L.pairwise_losses(r_at, **opts)
     want = per_pair.mean()
     assert_close("loss", value, want, 1e-5 * per_pair.detach().abs().mean())
@@ -461,10 +461,8 @@ def test_gradcheck_log_ratios(shared):
     g = torch.Generator().manual_seed(1)
     P, D = 2, 3
     shape = (P, D) if shared else (P, 2, D)
-    y = torch.randn(P, 2, D, generator=g, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
-    ot = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
-    orf = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    y, x, ot, orf = (torch.randn(sh, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+                     for sh in ((P, 2, D), shape, shape, shape))
     a, b, sigma = torch.tensor([0.9, 0.7], dtype=torch.float64), -0.3, torch.tensor([0.4, 1.1], dtype=torch.float64)
 
     def fn(y, x, ot, orf):
@@ -479,10 +477,10 @@ def test_gradcheck_log_ratios(shared):
 def test_gradcheck_preference_loss(loss, penalty, placement, clamp_eps):
     g = torch.Generator().manual_seed(2)
     P, D = 3, 4
-    y = torch.randn(P, 2, D, generator=g, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(P, D, generator=g, dtype=torch.float64)
-    ot = torch.randn(P, D, generator=g, dtype=torch.float64, requires_grad=True)
-    orf = (ot.detach() + 0.2 * torch.randn(P, D, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randn(P, 2, D, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    x = torch.randn(P, D, generator=g, dtype=torch.float64).to(DEVICE)
+    ot = torch.randn(P, D, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    orf = (ot.detach() + 0.2 * torch.randn(P, D, generator=g, dtype=torch.float64).to(DEVICE)).requires_grad_(True)
 
     def fn(y, ot, orf):
         return K.preference_loss(y, x, ot, orf, 0.8, 0.5, 0.7, loss=loss, penalty=penalty, beta=0.7, psi_lambda=0.3,
@@ -499,10 +497,10 @@ def test_gradcheck_preference_loss(loss, penalty, placement, clamp_eps):
 def _simple(P, D, dtype=torch.float32, seed=0, shared=True):
     g = torch.Generator().manual_seed(seed)
     o_shape = (P, D) if shared else (P, 2, D)
-    y = torch.randn(P, 2, D, generator=g).to(dtype)
-    x = torch.randn(o_shape, generator=g).to(dtype)
-    ot = torch.randn(o_shape, generator=g).to(dtype).requires_grad_(True)
-    orf = (ot.detach().float() + 0.3 * torch.randn(o_shape, generator=g)).to(dtype)
+    y = torch.randn(P, 2, D, generator=g).to(DEVICE, dtype)
+    x = torch.randn(o_shape, generator=g).to(DEVICE, dtype)
+    ot = torch.randn(o_shape, generator=g).to(DEVICE, dtype).requires_grad_(True)
+    orf = (ot.detach().float() + 0.3 * torch.randn(o_shape, generator=g).to(DEVICE)).to(dtype)
     return y, x, ot, orf
 
 
@@ -634,7 +632,7 @@ def test_shared_equals_stride0_expansion_and_grads_sum():
     r2 = K.paired_log_ratios(y, x.unsqueeze(1).expand(3, 2, 40), ot2.unsqueeze(1).expand(3, 2, 40),
                              orf.unsqueeze(1).expand(3, 2, 40), 0.7, 0.3, 0.4, backend="triton")
     assert torch.equal(r1, r2)
-    up = torch.randn(3, 2, dtype=torch.float64)
+    up = torch.randn(3, 2, dtype=torch.float64, device=DEVICE)
     (g1,) = torch.autograd.grad(r1, ot, up)
     (g2,) = torch.autograd.grad(r2, ot2, up)
     assert torch.allclose(g1, g2, rtol=1e-12, atol=1e-15)
@@ -653,10 +651,10 @@ def test_deterministic():
 def test_only_requested_gradients_and_none_x():
     """x_t = None with a = 0 (Diffusion-DPO): x_t is not read; the gradient to y (ε) flows through its expansion."""
     P, D = 2, 33
-    eps = torch.randn(P, D, requires_grad=True)
-    x = torch.randn(P, 2, D)
-    ot = torch.randn(P, 2, D, requires_grad=True)
-    orf = torch.randn(P, 2, D)
+    eps = torch.randn(P, D, device=DEVICE, requires_grad=True)
+    x = torch.randn(P, 2, D, device=DEVICE)
+    ot = torch.randn(P, 2, D, device=DEVICE, requires_grad=True)
+    orf = torch.randn(P, 2, D, device=DEVICE)
     y = eps.unsqueeze(1).expand(P, 2, D)
     kw = dict(loss="dpo", beta=5000.0)
     value = K.preference_loss(y, None, ot, orf, 0.0, 1.0, 1.0, backend="triton", **kw)
@@ -707,6 +705,8 @@ def test_unfused_plugin_loss_falls_back_visibly(loss, penalty, caplog):
 
 
 def test_dispatch_rules(monkeypatch):
+    if not is_interpreted():
+        pytest.skip("the CPU dispatch rules, under the interpreter")
     y, x, ot, orf = _simple(2, 8)
     cpu = torch.device("cpu")
     assert K.select_backend(None, cpu) == "reference"
@@ -817,7 +817,7 @@ def test_big_shapes(P, D, dtype):
     args64, leaves64 = case.args64()
     r_ref = R.paired_log_ratios(*args64)
     assert_close("r", r, r_ref, 1e-5 * ratio_magnitude(case))
-    r_at = r.detach().double().requires_grad_(True)
+    r_at = r.detach().double().cpu().requires_grad_(True)
     want = L.preference_loss(r_at, **opts)
     (c,) = torch.autograd.grad(want, r_at)
     want_grads = _grads(R.paired_log_ratios(*args64), leaves64, c)
