@@ -65,6 +65,58 @@ def run_specs(specs, jobs: int) -> None:
         list(pool.map(_run_subprocess, unique))
 
 
+def _run_bon_subprocess(profile_name: str, model: str, rewards) -> bool:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    (RUNS / "logs").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _log("start table4 best-of-N")
+    with open(RUNS / "logs" / f"bon-{profile_name}.log", "w") as out:
+        code = subprocess.call([sys.executable, "-m", "benchmarks.paper", "_bon", "--profile", profile_name, "--model",
+                                model, "--rewards", ",".join(rewards)], cwd=ROOT, stdout=out,
+                               stderr=subprocess.STDOUT, env=env)
+    _log(f"{'done' if code == 0 else f'FAILED ({code})'} table4 best-of-N in {time.time() - t0:.0f} s")
+    return code == 0
+
+
+def run_all(profile, jobs: int) -> None:
+    """Every claim's runs in one queue, in the study's order of priority, ``jobs`` at a time; the reports are
+    rewritten after every finished run, so a session cut short still leaves tables of what was done."""
+    import threading
+
+    tasks, seen = [], set()
+    for name in claims.ORDER:
+        if name == "table4":
+            tasks.append(("bon", None))
+        for spec in claims.CLAIMS[name][0](profile):
+            digest = spec.digest()
+            if digest not in seen and not is_done(spec):
+                seen.add(digest)
+                tasks.append(("run", spec))
+    lock = threading.Lock()
+
+    def reports() -> None:
+        with lock:
+            for name in claims.ORDER:
+                try:
+                    claims.CLAIMS[name][1](profile)
+                except Exception as error:  # noqa: BLE001 - a report of partial results must not stop the queue
+                    _log(f"report {name} failed: {type(error).__name__}: {error}")
+
+    def work(task) -> None:
+        kind, spec = task
+        if kind == "bon":
+            _run_bon_subprocess(profile.name, claims.MODEL["name"], claims.MODEL["rewards"])
+        else:
+            _run_subprocess(spec)
+        reports()
+
+    _log(f"{sum(k == 'run' for k, _ in tasks)} runs to train and best-of-N ({jobs} at a time)")
+    reports()  # the base model's evaluation first, then tables of what is cached
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(work, tasks))
+    reports()
+
+
 def run_claim(name: str, profile, jobs: int) -> None:
     specs_fn, report_fn, compute_fn = claims.CLAIMS[name]
     _log(f"== {name} ({profile.name})")
@@ -78,7 +130,7 @@ def run_claim(name: str, profile, jobs: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("claim", choices=[*claims.CLAIMS, "all", "report", "_run"])
+    parser.add_argument("claim", choices=[*claims.CLAIMS, "all", "report", "_run", "_bon"])
     parser.add_argument("spec_file", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--profile", default="quick", choices=sorted(claims.PROFILES))
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, each in its own single-threaded "
@@ -101,6 +153,12 @@ def main(argv=None) -> int:
         rewards = tuple(r.strip() for r in args.rewards.split(",") if r.strip())
         claims.MODEL["rewards"], claims.MODEL["train_reward"] = rewards, rewards[0]
     profile = claims.profile(args.profile)
+    if args.claim == "_bon":
+        import torch
+
+        torch.set_num_threads(1)
+        claims.table4_compute(profile, log=_log)
+        return 0
     names = list(claims.ORDER) if args.claim in ("all", "report") else [args.claim]
     if args.list:
         for name in names:
@@ -111,6 +169,9 @@ def main(argv=None) -> int:
     if args.claim == "report":
         for name in names:
             claims.CLAIMS[name][1](profile)
+        return 0
+    if args.claim == "all" and args.jobs > 0:
+        run_all(profile, args.jobs)
         return 0
     for name in names:
         run_claim(name, profile, args.jobs)

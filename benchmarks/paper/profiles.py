@@ -50,7 +50,7 @@ PROFILES = {
         pilot_lrs=(3e-3,), pilot_budget=100,
     ),
     "full": Profile(
-        "full", budget=8000, seeds=(0, 1, 2), eval_sets={"ood": 18, "train": 18}, eval_seeds=(0, 1),
+        "full", budget=6000, seeds=(0, 1, 2), eval_sets={"ood": 18, "train": 18}, eval_seeds=(0, 1),
         probe_prompts=4, run=SHARED_RUN, bon_n=(8, 32), bon_prompts=18, bon_seeds=(0,),
         pilot_lrs=(1e-3, 3e-3, 1e-2), pilot_budget=4000,
     ),
