@@ -28,9 +28,8 @@ def _csv(kind: str, cast=str):
         allowed = _CHOICES.get(kind)
         bad = [v for v in items if allowed is not None and v not in allowed]
         if bad or not items:
-            raise click.BadParameter(
-                "expected a comma-separated list" + (f" of {', '.join(allowed)}" if allowed else "") + f", got {value!r}"
-            )
+            choices = f" of {', '.join(allowed)}" if allowed else ""
+            raise click.BadParameter(f"expected a comma-separated list{choices}, got {value!r}")
         if cast is int and any(v < 1 for v in items):
             raise click.BadParameter(f"expected positive integers, got {value!r}")
         return items

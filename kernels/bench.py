@@ -346,7 +346,6 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
                                  2 * src.numel() / (p80 * 1e-3) / 1e9, 2 * src.numel() / (p20 * 1e-3) / 1e9))
                 if kind == "min":
                     rows.append(_row(op, "copy", mode, "time_min_bytes", "ms", point, med, p20, p80))
-                del src, dst
             rows.append(_row(op, "model", mode, "bytes_min", "B", point, float(counts["min"])))
             if counts["moved"] is not None:
                 rows.append(_row(op, "triton", mode, "bytes_moved", "B", point, float(counts["moved"])))
@@ -377,10 +376,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
                     torch.cuda.synchronize()
                     base = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                    result = call()
+                    call()
                     torch.cuda.synchronize()
                     peak = torch.cuda.max_memory_allocated(device) - base
-                    del result
                     rows.append(_row(op, provider, mode, "peak_memory_above_inputs", "MB", point, peak / 2**20))
             if "triton" in times:
                 t = times["triton"]
@@ -450,7 +448,8 @@ def format_table(result: dict) -> str:
     providers = result["providers"]
     cuda = result["device_type"] == "cuda"
     head = ["P", "D", "dtype", "layout", "mode"] + [p for p in PROVIDERS if p in providers]
-    head += ["bound", "copy GB/s", "best GB/s", "triton GB/s min|moved", "moved/min", "triton %copy", "x eager", "x compile"]
+    head += ["bound", "copy GB/s", "best GB/s", "triton GB/s min|moved", "moved/min", "triton %copy", "x eager",
+             "x compile"]
     if cuda:
         head += ["peak MB " + "|".join(p for p in PROVIDERS if p in providers)]
     lines = [head]

@@ -12,8 +12,9 @@ The formulas are those of ``rdpo_zoo.losses`` (the definition), for each pair wi
 
 and their derivatives (each pair's c_k = dL/dr_k; the batch mean gives the final 1/P), with g = f'(z):
 
-    g      = dpo: −σ(−z)  (torch's softplus: −1 exactly when −z > 20) | ipo: 2·(z/β − 1/(2β))/β | hinge: −[1 − z > 0]
-    c_w    = [lo ≤ r_w ≤ hi]·β·g   − [dpop]·[r_w < 0]·g_pen          g_pen = dL/dpen = −λ·g (inside) or λ (outside)
+    g      = dpo: −σ(−z) (torch's softplus: −1 exactly when −z > 20) | ipo: 2(z/β − 1/(2β))/β | hinge: −[1 − z > 0]
+    g_pen  = dL/dpen = −λ·g (inside) or λ (outside)
+    c_w    = [lo ≤ r_w ≤ hi]·β·g   − [dpop]·[r_w < 0]·g_pen
     c_l    = −[lo ≤ r_l ≤ hi]·β·g  + [psi]·[r_l > 0]·g_pen − [psi-literal]·[r_l > 0]·g_pen
 
 Every [mask]·v is a *select* (``tl.where(mask, v, 0)``), as torch's clamp and relu backward are: a NaN g must not

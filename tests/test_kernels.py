@@ -24,7 +24,7 @@ from typing import Optional
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rdpo_zoo import kernels as K
@@ -421,7 +421,8 @@ def test_every_fused_loss_penalty_placement_and_clamp(dtype, loss, penalty, plac
     lo, hi = math.log(0.7), math.log(1.3)
     for col in (0, 1):  # the data reach every branch of the masks
         assert (r_ref[:, col] < 0).any() and (r_ref[:, col] > 0).any()
-        assert ((r_ref[:, col] < lo) | (r_ref[:, col] > hi)).any() and ((r_ref[:, col] > lo) & (r_ref[:, col] < hi)).any()
+        outside, inside = (r_ref[:, col] < lo) | (r_ref[:, col] > hi), (r_ref[:, col] > lo) & (r_ref[:, col] < hi)
+        assert outside.any() and inside.any()
     if dtype == torch.float64:
         want = L.preference_loss(r_ref, **opts)
         assert_close("r", r, r_ref, 1e-12 * ratio_magnitude(case))
@@ -444,7 +445,8 @@ def test_every_fused_loss_penalty_placement_and_clamp(dtype, loss, penalty, plac
 def test_loss_names_and_aliases_agree():
     case = make_case(3, 2, 17, dict(y=False, x_t=True, o_theta=True, o_ref=True), dict.fromkeys(NAMES, torch.float64),
                      dict.fromkeys(NAMES, "contiguous"), dict(y=False, x_t=False, o_theta=True, o_ref=False))
-    for loss, penalty in (("d3po", None), ("rdpo", None), ("dpo", "psi"), (L.PAIRWISE_LOSSES["ipo"], L.PENALTIES["dpop"])):
+    objects = (L.PAIRWISE_LOSSES["ipo"], L.PENALTIES["dpop"])
+    for loss, penalty in (("d3po", None), ("rdpo", None), ("dpo", "psi"), objects):
         got = K.preference_loss(*case.args(), loss=loss, penalty=penalty, beta=2.0, psi_lambda=0.5, backend="triton")
         want = K.preference_loss(*case.args(), loss=loss, penalty=penalty, beta=2.0, psi_lambda=0.5,
                                  backend="reference")

@@ -42,8 +42,8 @@ def _load(path):
 def test_bench_quick_json_on_cpu(tmp_path):
     """--quick on the CPU: the reference runs, the Triton path says it needs a GPU, the JSON is valid."""
     path = tmp_path / "bench.json"
-    done = _run(["bench", "--quick", "--device", "cpu", "--providers", "triton,eager", "--threads", "1", "--rep-ms", "20",
-                 "--json", str(path)])
+    done = _run(["bench", "--quick", "--device", "cpu", "--providers", "triton,eager", "--threads", "1",
+                 "--rep-ms", "20", "--json", str(path)])
     assert "the Triton path needs a CUDA GPU" in done.stdout
     assert "loss 'dpo': fused" in done.stdout
     result = _load(path)
