@@ -95,12 +95,18 @@ def run_all(profile, jobs: int) -> None:
     lock = threading.Lock()
 
     def reports() -> None:
+        from benchmarks.paper.doc import verdicts
+
         with lock:
             for name in claims.ORDER:
                 try:
                     claims.CLAIMS[name][1](profile)
                 except Exception as error:  # noqa: BLE001 - a report of partial results must not stop the queue
                     _log(f"report {name} failed: {type(error).__name__}: {error}")
+            try:
+                verdicts(profile)
+            except Exception as error:  # noqa: BLE001
+                _log(f"verdicts failed: {type(error).__name__}: {error}")
 
     def work(task) -> None:
         kind, spec = task
@@ -130,7 +136,7 @@ def run_claim(name: str, profile, jobs: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("claim", choices=[*claims.CLAIMS, "all", "report", "_run", "_bon"])
+    parser.add_argument("claim", choices=[*claims.CLAIMS, "all", "report", "verdicts", "_run", "_bon"])
     parser.add_argument("spec_file", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--profile", default="quick", choices=sorted(claims.PROFILES))
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, each in its own single-threaded "
@@ -166,9 +172,17 @@ def main(argv=None) -> int:
                 print(f"{name:8} {'done' if is_done(spec) else 'todo':4} runs/{spec.digest()} {spec.label} "
                       f"[{spec.reward}, seed {spec.seed}]")
         return 0
+    if args.claim == "verdicts":
+        from benchmarks.paper.doc import verdicts
+
+        print("\n".join(verdicts(profile)))
+        return 0
     if args.claim == "report":
         for name in names:
             claims.CLAIMS[name][1](profile)
+        from benchmarks.paper.doc import verdicts
+
+        verdicts(profile)
         return 0
     if args.claim == "all" and args.jobs > 0:
         run_all(profile, args.jobs)
