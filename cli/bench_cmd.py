@@ -58,6 +58,9 @@ def _csv(kind: str, cast=str):
 @click.option("--beta", type=float, default=0.1, show_default=True)
 @click.option("--psi-lambda", type=float, default=0.0, show_default=True)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available).")
+@click.option("--check", is_flag=True,
+              help="Before timing, compare the fused op (r, loss, dL/do_theta) with a float64 reference run at every "
+                   "grid point, with the tests' tolerances; exit 1 if any is off (for a GPU machine without pytest).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU only: torch intra-op threads (1 gives steady figures on a busy machine).")
 @click.option("--block-d", type=int, default=None, help="GPU: columns per kernel block (a power of two; 1024).")
@@ -67,7 +70,7 @@ def _csv(kind: str, cast=str):
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, threads, block_d, num_warps, programs_per_sm, rep_ms) -> None:
+          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
@@ -98,7 +101,7 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         providers = ("triton", "eager", "compile")
     settings = kbench.BenchSettings(
         grid=grid, providers=providers, modes=modes or kbench.MODES, op=op, loss=loss, penalty=penalty, beta=beta,
-        psi_lambda=psi_lambda, device=device, interpret=interpret, threads=threads,
+        psi_lambda=psi_lambda, device=device, interpret=interpret, threads=threads, check=check,
         tuning={k: v for k, v in dict(block_d=block_d, num_warps=num_warps, programs_per_sm=programs_per_sm).items()
                 if v is not None},
         rep_ms=rep_ms if rep_ms is not None else (50.0 if interpret else (200.0 if on_cpu else 100.0)),
@@ -134,3 +137,9 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(json_path)
         click.echo(f"wrote {json_path}")
+    if result["check"] is not None:
+        worst = ", ".join(f"{k} {v:.3g}" for k, v in result["check"]["worst"].items())
+        click.echo(f"check against the float64 reference (worst error / tolerance): {worst} — "
+                   + ("passed" if result["check"]["passed"] else "FAILED"))
+        if not result["check"]["passed"]:
+            raise SystemExit(1)

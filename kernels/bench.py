@@ -26,7 +26,8 @@ import torch
 from rdpo_zoo import losses as _losses
 from rdpo_zoo import reference as _reference
 
-__all__ = ["GRIDS", "Point", "BenchSettings", "run_bench", "byte_counts", "format_table", "validate_result"]
+__all__ = ["GRIDS", "Point", "BenchSettings", "run_bench", "byte_counts", "check_against_reference", "format_table",
+           "validate_result"]
 
 SCHEMA = "rdpo-zoo.bench/1"
 PROVIDERS = ("triton", "eager", "compile")
@@ -77,6 +78,7 @@ class BenchSettings:
     warmup_ms: float = 25.0
     threads: Optional[int] = None  # CPU: torch intra-op threads (None: torch's default)
     tuning: dict = field(default_factory=dict)  # GPU launch parameters: block_d, num_warps, programs_per_sm
+    check: bool = False  # compare the fused op with a float64 reference run at every point (needs "triton")
 
     def points(self) -> list[Point]:
         g = self.grid
@@ -153,6 +155,67 @@ def byte_counts(inputs: dict, op: str, mode: str, n_chunks: Optional[int] = None
         if mode == "full":
             moved += sum(_distinct_bytes(t) for t in (y, x_t, o_theta)) + coef + 8 * P + grad
     return {"min": minimum, "moved": moved}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Correctness at every grid point (for a GPU machine that has no pytest): the tolerances of tests/test_kernels.py
+# ----------------------------------------------------------------------------------------------------------------
+
+#: rounding of a gradient stored in its input's dtype (bf16: one ulp, 2⁻⁷, as the interpreter truncates)
+_GRAD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+#: and the spacing of fp16's subnormals (dL/do_θ at the mean reduction is often 1e-7…1e-5: below fp16's normal range)
+_GRAD_ATOL = {torch.float64: 0.0, torch.float32: 0.0, torch.bfloat16: 0.0, torch.float16: 6e-8}
+
+
+def check_against_reference(inputs: dict, loss_kwargs: dict) -> dict:
+    """The fused ``preference_loss`` (Triton) against a float64 run of the reference on the same values:
+    ``{"r": e, "loss": e, "grad": e}``, each the worst |error| ÷ tolerance (≤ 1 passes; NaN fails).
+
+    Tolerances as in ``tests/test_kernels.py``: r within 1e-5·A (A the scale of the summed terms' parts), the loss
+    and dL/do_θ at the kernel's own r (β amplifies r's bounded error), the gradient within the rounding of its
+    dtype plus 1e-5 of its terms' scale.
+    """
+    from rdpo_zoo import kernels
+
+    y, x_t, o_theta, o_ref, a, b, sigma = (inputs[k] for k in ("y", "x_t", "o_theta", "o_ref", "a", "b", "sigma"))
+    value, r = kernels.preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, backend="triton",
+                                       return_log_ratios=True, **loss_kwargs)
+    (grad,) = torch.autograd.grad(value, o_theta)
+
+    def d(t):
+        return None if t is None else t.detach().double()
+
+    ot64 = d(o_theta).requires_grad_(True)
+    r_ref = _reference.paired_log_ratios(d(y), d(x_t), ot64, d(o_ref), d(a), d(b), d(sigma))
+    P, D = y.shape[0], y.shape[-1]
+
+    def branches(t):
+        if t is None:
+            return torch.zeros(P, 2, D, dtype=torch.float64, device=y.device)
+        t = d(t).abs()
+        return t.unsqueeze(1).expand(P, 2, D) if t.dim() == 2 else t
+
+    yb, xb, ob, rb = (branches(t) for t in (y, x_t, o_theta, o_ref))
+    a_, b_ = d(a).abs().reshape(P, 1, 1), d(b).abs().reshape(P, 1, 1)
+    s = (1.0 / (2.0 * d(sigma) ** 2) / D).reshape(P, 1, 1)  # the bench's reduction is the mean
+    scale = (s * b_ * ((ob + rb) * (2 * yb + 2 * a_ * xb + b_ * (ob + rb)))).sum(-1)
+    worst = {}
+    worst["r"] = float(((r.double() - r_ref).abs() / (1e-5 * scale + 1e-30)).max())
+    r_at = r.detach().double().requires_grad_(True)
+    per_pair = _losses.pairwise_losses(r_at, **loss_kwargs)
+    want = per_pair.mean()
+    worst["loss"] = float((value.double() - want).abs() / (1e-5 * per_pair.detach().abs().mean() + 1e-30))
+    (c,) = torch.autograd.grad(want, r_at)
+    (grad_ref,) = torch.autograd.grad(r_ref, ot64, c)
+    c_mag = (c.abs() + 1e-3 * c.abs().max()).unsqueeze(-1)
+    terms = c_mag * 2 * s * b_ * (yb + a_ * xb + b_ * ob)
+    terms = terms.sum(1) if o_theta.dim() == 2 else terms
+    want_g = grad_ref.detach()
+    want_g = torch.where(torch.isinf(want_g.to(o_theta.dtype)), want_g.to(o_theta.dtype).double(), want_g)
+    tol = _GRAD_RTOL[o_theta.dtype] * want_g.abs() + 1e-5 * terms + _GRAD_ATOL[o_theta.dtype] + 1e-30
+    err = (grad.double() - want_g).abs() / tol
+    worst["grad"] = float(torch.where(torch.isinf(want_g) & (grad.double() == want_g), 0.0, err).max())
+    return {k: (v if math.isfinite(v) else float("inf")) for k, v in worst.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,8 +385,24 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         fns["triton"] = _fused_fn(settings.op, loss_kwargs)
     rows: list[dict] = []
     op = settings.op
+    check = None
+    if settings.check:
+        if "triton" in providers:
+            check = {"passed": True, "tolerance": "error / tolerance <= 1, as tests/test_kernels.py", "worst": {}}
+        else:
+            notes.append("check: not run (it compares the Triton path, which does not run here)")
     for point in settings.points():
         inputs = make_inputs(point, device)
+        if check is not None:
+            errors = check_against_reference(inputs, loss_kwargs)
+            for name, e in errors.items():
+                check["worst"][name] = max(check["worst"].get(name, 0.0), e)
+                rows.append(_row(op, "triton", "full", f"check_{name}_error_over_tolerance", "ratio", point,
+                                 e if math.isfinite(e) else 1e300))
+            if not all(e <= 1.0 for e in errors.values()):
+                check["passed"] = False
+                notes.append(f"check FAILED at {point.label()}: {errors}")
+            log(f"check {point.label()}: " + ", ".join(f"{k} {v:.3g}" for k, v in errors.items()))
         grad_r = torch.randn(point.P, 2, device=device) if op == "paired_log_ratios" else None
         n_chunks = None
         if "triton" in providers:
@@ -405,6 +484,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         "modes": list(settings.modes),
         "launch_bound_us": LAUNCH_BOUND_US,
         "tuning": tuning,
+        "check": check,
         "notes": notes,
         "rows": rows,
     }

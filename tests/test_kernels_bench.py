@@ -60,17 +60,41 @@ def test_bench_quick_json_on_cpu(tmp_path):
 
 def test_bench_interpret_runs_the_triton_path(tmp_path):
     path = tmp_path / "bench.json"
-    done = _run(["bench", "--interpret", "--P", "1,2", "--D", "300", "--dtypes", "fp32,mixed", "--layouts",
-                 "shared,noised", "--providers", "triton,eager", "--rep-ms", "5", "--loss", "rdpo",
+    done = _run(["bench", "--interpret", "--check", "--P", "1,2", "--D", "300", "--dtypes", "fp32,mixed,fp16",
+                 "--layouts", "shared,noised", "--providers", "triton,eager", "--rep-ms", "5", "--loss", "rdpo",
                  "--psi-lambda", "1.0", "--json", str(path)])
-    assert "interpreter" in done.stdout
+    assert "interpreter" in done.stdout and "passed" in done.stdout
     result = _load(path)
+    assert result["check"]["passed"] and set(result["check"]["worst"]) == {"r", "loss", "grad"}
     assert result["interpret"] is True and result["providers"] == ["triton", "eager"]
     metrics = {(r["provider"], r["metric"]) for r in result["rows"]}
     for metric in ("time", "throughput_min_bytes", "throughput_moved_bytes", "copy_fraction_moved_bytes",
                    "speedup_vs_eager", "bytes_moved"):
         assert ("triton", metric) in metrics, metric
     assert result["loss"]["path"] == "fused"
+
+
+def test_bench_check_fails_on_a_wrong_gradient():
+    """--check compares with the float64 reference: a gradient 1 % off fails it."""
+    code = textwrap.dedent("""
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+        from rdpo_zoo.kernels import bench, log_ratio
+        launch = log_ratio.launch_backward
+        def off(*args, **kwargs):
+            return tuple(None if g is None else g * 1.01 for g in launch(*args, **kwargs))
+        log_ratio.launch_backward = off
+        from rdpo_zoo.kernels import fused_loss
+        fused_loss.launch_backward = off
+        s = bench.BenchSettings(grid=dict(P=(2,), D=(64,), dtype=("fp32",), layout=("shared",)),
+                                providers=("triton",), check=True, rep_ms=1, warmup_ms=1)
+        r = bench.run_bench(s)
+        assert r["check"]["passed"] is False and r["check"]["worst"]["grad"] > 1, r["check"]
+        assert r["check"]["worst"]["r"] <= 1 and r["check"]["worst"]["loss"] <= 1, r["check"]
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_bench_notes_an_unfused_loss(tmp_path):
