@@ -53,6 +53,8 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
         "model": model, "prompts": prompt_set, "n": n, "seed": seed, "steps": steps, "eta": eta, "guidance": guidance,
         "reward_scales": {k: WORLD_REWARDS[k].scale for k in scores if k in WORLD_REWARDS},
         "mean_rewards": {k: sum(v) / len(v) for k, v in scores.items()},
+        # The spread over these samples: what each reward's `scale` is set from (docs/world.md).
+        "std_rewards": {k: float(torch.tensor(v).std()) if len(v) > 1 else 0.0 for k, v in scores.items()},
         "skipped_rewards": skipped,
         "images": records,
     }
