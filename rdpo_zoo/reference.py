@@ -116,7 +116,9 @@ def check_paired_inputs(
     for name, tensor in named:
         if tensor.device != device:
             raise ValueError(f"{name}: expected a tensor on {device} (the device of y), got one on {tensor.device}")
-    P, D = y.shape[0] if y.dim() else 0, y.shape[-1] if y.dim() else 0
+    if y.dim() not in (2, 3):
+        raise ValueError(f"y: expected shape [P, 2, D] (or [P, D] shared by both branches), got {tuple(y.shape)}")
+    P, D = y.shape[0], y.shape[-1]
     for name, tensor in named:
         ok_shape = (tensor.dim() == 2 and tuple(tensor.shape) == (P, D)) or (
             tensor.dim() == 3 and tuple(tensor.shape) == (P, 2, D)

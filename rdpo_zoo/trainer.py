@@ -272,7 +272,7 @@ class Trainer:
                 o_ref = model.guided_output(x_t.flatten(0, 1), None, cond2, timesteps=t.repeat_interleave(2))
         target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
         return preference_loss(
-            target, None, o_theta.float().reshape(P, 2, -1), o_ref.float().reshape(P, 2, -1), 0.0, 1.0, 1.0,
+            target, None, o_theta.reshape(P, 2, -1), o_ref.reshape(P, 2, -1), 0.0, 1.0, 1.0,
             reduction=self.method["reduction"], backend=self.run.kernel_backend, return_log_ratios=True,
             **obj.kwargs(),
         )
@@ -295,8 +295,8 @@ class Trainer:
         shape = (P, -1) if pairs.shared else (P, 2, -1)
         a, b, sigma = model.coefficient_tensors(pairs.step_index)
         return preference_loss(
-            pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.float().reshape(*shape),
-            o_ref.float().reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
+            pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
+            o_ref.reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
             backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
         )
 

@@ -197,3 +197,8 @@ def test_sum_is_d_times_mean():
     total = paired_log_ratios(y, x_t, o_theta, o_ref, 0.8, 0.4, 0.5, "sum")
     torch.testing.assert_close(total, 11 * mean)
     assert not math.isclose(total.abs().sum().item(), 0.0)
+
+
+def test_a_one_dimensional_y_is_named_as_such():
+    with pytest.raises(ValueError, match=r"y: expected shape \[P, 2, D\]"):
+        paired_log_ratios(_rand(5), _rand(1, 5), _rand(1, 5), _rand(1, 5), 1.0, 0.5, 0.3)
