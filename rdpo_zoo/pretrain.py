@@ -491,17 +491,18 @@ def build_pipeline(run_dir, snapshot: Optional[int] = None, dtype=torch.float32)
     cfg = PretrainConfig.from_json(run_dir / "config.json")
     snap = _snapshot_dir(run_dir, snapshot)
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(run_dir / "vae").to(dtype),
-        text_encoder=CLIPTextModel.from_pretrained(snap / "text_encoder").to(dtype),
+        vae=AutoencoderKL.from_pretrained(run_dir / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(snap / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(str(run_dir / "tokenizer")),
-        unet=UNet2DConditionModel.from_pretrained(snap / "unet").to(dtype),
+        unet=UNet2DConditionModel.from_pretrained(snap / "unet"),
         scheduler=DDIMScheduler(**_scheduler_config(cfg)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    # The run stores fp32; cast only when asked (diffusers warns about any cast after loading).
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def export(run_dir, out_dir, snapshot: Optional[int] = None, fp16: bool = True) -> Path:
