@@ -139,7 +139,7 @@ def _write(p: Profile, claim: str, data: dict, markdown: str) -> None:
     (folder / f"{claim}.md").write_text(markdown)
 
 
-def _budget_line(p: Profile, specs) -> str:
+def _budget_line(p: Profile, specs, pilot: bool = False) -> str:
     done = [s for s in specs if is_done(s)]
     spent = [run_summary(s)["unet_calls"] for s in done]
     secs = [run_summary(s)["train_seconds"] for s in done]
@@ -147,7 +147,8 @@ def _budget_line(p: Profile, specs) -> str:
             f"counts 2); every run stops at the end of the first iteration that reaches it")
     if spent:
         line += f" (spent {min(spent)}–{max(spent)}; {min(secs):.0f}–{max(secs):.0f} s of training on one CPU thread)"
-    line += (f". Learning rate {p.learning_rate:g} for every method; {p.run.get('prompts_per_iteration')} prompts per "
+    lr = "learning rates as listed" if pilot else f"learning rate {p.learning_rate:g} for every method"
+    line += (f". The {lr}; {p.run.get('prompts_per_iteration')} prompts per "
              f"iteration, minibatch {p.run.get('minibatch_size')} pairs. {len(done)}/{len(specs)} runs done.")
     return line
 
@@ -174,7 +175,7 @@ def lr_pilot_report(p: Profile) -> dict:
         summary = run_summary(spec)
         gain = paired_gain(spec, base, "train", MODEL["train_reward"]) if summary["done"] else None
         rows.append({"preset": spec.preset, "lr": spec.learning_rate, **summary, "train_set_gain": gain})
-    md = [f"# Learning-rate pilot ({p.name})", "", _budget_line(p, lr_pilot_specs(p)).replace(
+    md = [f"# Learning-rate pilot ({p.name})", "", _budget_line(p, lr_pilot_specs(p), pilot=True).replace(
         str(p.budget), str(p.pilot_budget), 1), "",
         "Trained on the aesthetic-like reward; the gain is over the base model on the same noise (train-set prompts).",
         "", "| preset | lr | training reward first → last third | margin (last) | r_l (last) | train-set gain |",
