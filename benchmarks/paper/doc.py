@@ -63,7 +63,7 @@ def verdicts(p) -> list[str]:
     if d:
         rows = {r["method"]: r for r in d["rows"]}
         parts = []
-        for preset in ("d3po", "spo", "tailorpo"):
+        for preset in ("d3po", "spo", "tailorpo", "spo, threshold 0"):
             a, b = rows.get(f"{preset} + Ψ"), rows.get(preset)
             if a and b and a["gain_ood"].get("n") and b["gain_ood"].get("n"):
                 diff = _diff(a["gain_ood"], b["gain_ood"])
