@@ -130,7 +130,7 @@ def run_claim(name: str, profile, jobs: int) -> None:
     if compute_fn is not None:
         compute_fn(profile, log=_log)
     report_fn(profile)
-    _log(f"wrote benchmarks/results/paper/{profile.name}/{name}.md")
+    _log(f"{name}: reports written under benchmarks/results/paper/{profile.name}/")
 
 
 def main(argv=None) -> int:
