@@ -3,8 +3,9 @@ aesthetic-like score.
 
 All take images ``[B, 3, H, W]`` with values in [0, 1] (values outside are clamped) and return ``[B]`` float32 on the
 images' device. ``scale`` is the standard deviation of the reward over the embedded base model's samples of the
-``train`` prompts (DDIM 20 steps, η = 1, CFG 3; measured with ``rdpo-zoo sample`` and recorded in docs/world.md), so
-``Δreward / scale`` is comparable across rewards.
+``train`` prompts (256 samples, DDIM 20 steps, η = 1, CFG 3, seed 0; ``rdpo-zoo sample --prompts train -n 256``
+reports it as ``std_rewards``; recorded in docs/world.md), rounded, so ``Δreward / scale`` is comparable across
+rewards.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class JpegCompressibility(Reward):
 
     name = "compressibility"
     unit = "-kB (JPEG q95)"
-    scale = 0.15
+    scale = 0.3
     differentiable = False
 
     def __init__(self, quality: int = 95):
@@ -161,7 +162,7 @@ class WorldFidelity(Reward):
 
     name = "world-fidelity"
     unit = "mean probability of asked background, colour, shape"
-    scale = 0.1
+    scale = 0.3
     differentiable = True
 
     def score_differentiable(self, images, prompts, timesteps=None):
@@ -195,7 +196,7 @@ class WorldAesthetic(Reward):
 
     name = "world-aesthetic"
     unit = "mean of contrast, centring, sharpness in [0, 1]"
-    scale = 0.05
+    scale = 0.12
     differentiable = True
 
     def score_differentiable(self, images, prompts, timesteps=None):
