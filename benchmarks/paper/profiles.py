@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: The one learning rate of every method, chosen by the lr pilot (``python -m benchmarks.paper lr-pilot``).
-LEARNING_RATE = 3e-3
+LEARNING_RATE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,6 @@ PROFILES = {
     "full": Profile(
         "full", budget=6000, seeds=(0, 1, 2), eval_sets={"ood": 18, "train": 18}, eval_seeds=(0, 1),
         probe_prompts=4, run=SHARED_RUN, bon_n=(8, 32), bon_prompts=18, bon_seeds=(0,),
-        pilot_lrs=(1e-3, 3e-3, 1e-2), pilot_budget=4000,
+        pilot_lrs=(3e-4, 1e-3, 3e-3), pilot_budget=3000,
     ),
 }
