@@ -57,7 +57,8 @@ class RunSettings:
                                            choices=("triton", "reference"))
     offline_pairs: Optional[str] = _field(None, "a JSONL of {prompt, chosen, rejected} image paths (Diffusion-DPO "
                                                 "data): train on these pairs instead of online rollouts")
-    guidance_step: float = _field(0.1, "TailorPO-G step size: x_w += step·∇r(x̂0)/scale", min=0.0)
+    guidance_step: float = _field(0.1, "TailorPO-G step: x_w moves step·σ_t·√D along ∇r(x̂0) (a fraction of the step's noise norm)",
+                                  min=0.0)
     gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
                            choices=("raw", "softmax"))
     quiet: bool = _field(False, "no progress bars or per-iteration lines")

@@ -120,13 +120,16 @@ class RolloutResult:
 
 @dataclass
 class Guidance:
-    """TailorPO-G's gradient guidance: after labelling, move the preferred child along the reward gradient,
+    """TailorPO-G's gradient guidance: after labelling, move the preferred child up the reward's gradient,
 
-        x_w ← x_w + step_size · ∇_x r(c, x̂0(x)) / scale,     x̂0(x) = p_x·x + p_o·sg[o(x)]
+        x_w ← x_w + step_size · σ_t·√D · g/‖g‖,     g = ∇_x r(c, x̂0(x)),   x̂0(x) = p_x·x + p_o·sg[o(x)]
 
     with the network output held fixed (sg = stop-gradient: the gradient flows through the x̂0 map, the VAE
-    decoder and the reward, not through the UNet) and ``scale`` the reward's stated scale, so that ``step_size``
-    means the same for every reward. The pair stores the moved child; it continues from there.
+    decoder and the reward, not through the UNet). The step is measured in units of the step's own noise norm
+    σ_t·√D (the size of σ_t·ξ), so ``step_size`` means the same at every step, for every reward and resolution: 0.1
+    moves the winner by a tenth of the noise that separates it from its sibling. (A raw gradient step is useless in
+    practice: on the embedded model, 0.1·∇r/scale is ~200× smaller than σ_t·‖ξ_w − ξ_l‖ at every step.) The pair
+    stores the moved child; it continues from there. TailorPO has no public code; this form is our reading.
     """
 
     step_size: float = 0.1
@@ -281,7 +284,9 @@ def rollout_branching(
         if guidance is not None:
             children = children.clone()
             o_winner = None if o_grid is None else o_grid[rows, winner]
-            children[rows, winner] = _guide(model, reward, children[rows, winner], o_winner, index + 1, cond, guidance)
+            sigma = float(model.coefficients(index)[2])
+            children[rows, winner] = _guide(model, reward, children[rows, winner], o_winner, index + 1, cond, guidance,
+                                            sigma)
         groups += B
         kept += int(keep.sum())
         if store_pairs and bool(keep.any()):
@@ -312,9 +317,9 @@ def rollout_branching(
     return RolloutResult(x, images, final, prompts, pairs=StepPairs.cat(pairs) if store_pairs else None, stats=stats)
 
 
-def _guide(model, reward, x, o, index, cond, guidance: Guidance) -> torch.Tensor:
-    """Move states at ``model.timesteps[index]`` (output ``o`` there; ``None`` for final states) along the reward
-    gradient (see :class:`Guidance`)."""
+def _guide(model, reward, x, o, index, cond, guidance: Guidance, sigma: float) -> torch.Tensor:
+    """Move states at ``model.timesteps[index]`` (output ``o`` there; ``None`` for final states), drawn with noise
+    σ = ``sigma``, up the reward gradient (see :class:`Guidance`)."""
     last = o is None
     x = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
@@ -325,7 +330,10 @@ def _guide(model, reward, x, o, index, cond, guidance: Guidance) -> torch.Tensor
             timesteps = torch.full((x.shape[0],), 0 if last else int(model.timesteps[index]), device=x.device)
         value = reward.score_differentiable(images, list(cond.prompts), timesteps)
         (grad,) = torch.autograd.grad(value.sum(), x)
-    return (x + guidance.step_size * grad / reward.scale).detach()
+    flat = grad.flatten(1)
+    direction = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    step = guidance.step_size * sigma * math.sqrt(flat.shape[1])
+    return (x + step * direction.view_as(x)).detach()
 
 
 def rollout_trajectory_pairs(
