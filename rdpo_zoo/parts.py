@@ -604,7 +604,7 @@ SETTINGS = (
     Option(
         "train_timesteps",
         str,
-        "all",
+        "20,16,12,8,4",  # the RDPO paper's fine-tuned steps of T = 20 (Sec. 5)
         "the steps trained on: all, uniform (t ~ U{0..999}, noised pairs), or a list of steps t of T such as 20,16,12",
     ),
     Option("threshold", float, None, "drop pairs whose reward gap (in units of the reward's scale) is below this", min=0.0),

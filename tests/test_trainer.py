@@ -182,7 +182,7 @@ def test_cli_refuses_double_counted_psi_and_prints_the_implied_defaults():
     result = runner.invoke(main, ["train", "--estimator", "delta-q", "--loss", "rdpo", "--psi-lambda", "7", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "rollout branch-winner" in result.output and "'lambda': 7.0" in result.output
-    assert "train timesteps all" in result.output and "reward world-aesthetic" in result.output
+    assert "train timesteps 20,16,12,8,4" in result.output and "reward world-aesthetic" in result.output
     result = runner.invoke(main, ["train", "--loss", "dop", "--dry-run"])
     assert result.exit_code == 2 and "dpo" in result.output
 
