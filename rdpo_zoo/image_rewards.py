@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch

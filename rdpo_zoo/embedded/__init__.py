@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:  # annotations only: importing this module must stay cheap
+    import torch
 
 __all__ = ["TINY", "tiny_path", "load_tiny_pipeline", "load_pipeline", "EmbeddedModelMissingError"]
 
