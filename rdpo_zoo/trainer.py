@@ -373,6 +373,35 @@ class Trainer:
         stats["accuracy"].append(float((r_w > r_l).float().mean()))
         stats["psi_active"].append(float((r_l > 0).float().mean()))
 
+    def step(self, iteration: int):
+        """One iteration: rollout, optimisation over its pairs (or samples), the scheduler step. Returns the
+        rollout's result and the iteration's metrics record (rewards and pair counts gathered over processes)."""
+        acc = self.accelerator
+        t0 = time.perf_counter()
+        result = self.rollout(iteration)
+        t1 = time.perf_counter()
+        batch = result.samples if self.per_sample else result.pairs
+        advantages = None
+        if self.per_sample:
+            advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
+        opt = self.optimise(batch, iteration, advantages)
+        self.lr_scheduler.step()
+        t2 = time.perf_counter()
+        rewards = acc.gather(result.final_rewards.to(acc.device).float())
+        record = {
+            "iteration": iteration + 1,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "pairs": int(acc.gather(torch.tensor([len(batch) if batch is not None else 0], device=acc.device)).sum()),
+            "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
+            "unet_calls": result.stats.get("unet_calls"),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "seconds_rollout": t1 - t0,
+            "seconds_optimise": t2 - t1,
+            **opt,
+        }
+        return result, record
+
     def train(self) -> dict:
         """Run (or resume) the loop; returns the final evaluation (or ``{}`` when ``eval_samples`` is 0)."""
         from tqdm.auto import tqdm
@@ -390,29 +419,7 @@ class Trainer:
         progress = tqdm(range(start, run.iterations), desc="train", initial=start, total=run.iterations,
                         disable=run.quiet or not sys.stderr.isatty() or not acc.is_main_process)
         for iteration in progress:
-            t0 = time.perf_counter()
-            result = self.rollout(iteration)
-            t1 = time.perf_counter()
-            batch = result.samples if self.per_sample else result.pairs
-            advantages = None
-            if self.per_sample:
-                advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
-            opt = self.optimise(batch, iteration, advantages)
-            self.lr_scheduler.step()
-            t2 = time.perf_counter()
-            rewards = acc.gather(result.final_rewards.to(acc.device).float())
-            record = {
-                "iteration": iteration + 1,
-                "reward_mean": float(rewards.mean()),
-                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-                "pairs": int(acc.gather(torch.tensor([len(batch) if batch is not None else 0], device=acc.device)).sum()),
-                "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
-                "unet_calls": result.stats.get("unet_calls"),
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                "seconds_rollout": t1 - t0,
-                "seconds_optimise": t2 - t1,
-                **opt,
-            }
+            _, record = self.step(iteration)
             self.iteration = iteration + 1
             self._log(record)
             if not run.quiet and acc.is_main_process:

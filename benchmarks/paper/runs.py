@@ -148,8 +148,6 @@ def execute(spec: RunSpec, log=print) -> Path:
     _register_test_parts_if_needed(spec.model)
     import torch
 
-    from rdpo_zoo.trainer import Trainer
-
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete run restarts from scratch
     folder.mkdir(parents=True)
     (folder / "spec.json").write_text(json.dumps({"spec": spec.to_json(), "key": spec.key()}, indent=2, default=str))
@@ -204,7 +202,7 @@ class _BudgetTrainerMixin:
                 "ref_pairs": len(pairs)}
 
     def train_to_budget(self, budget: int, probe_prompts: int, log=print) -> None:
-        acc, run, model = self.accelerator, self.run, self.model
+        run, model = self.run, self.model
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         if self.metrics_path.exists():
@@ -219,34 +217,12 @@ class _BudgetTrainerMixin:
         iteration = 0
         t_start = time.perf_counter()
         while spent < budget and iteration < run.iterations:
-            t0 = time.perf_counter()
-            result = self.rollout(iteration)
-            t1 = time.perf_counter()
-            batch = result.samples if self.per_sample else result.pairs
-            advantages = None
-            if self.per_sample:
-                advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
-            opt = self.optimise(batch, iteration, advantages)
-            self.lr_scheduler.step()
-            t2 = time.perf_counter()
+            _, record = self.step(iteration)
             spent = model.unet_calls - probe_calls - start_calls
-            rewards = result.final_rewards.float()
-            record = {
-                "iteration": iteration + 1,
-                "reward_mean": float(rewards.mean()),
-                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-                "pairs": len(batch) if batch is not None else 0,
-                "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
-                "unet_calls": result.stats.get("unet_calls"),
-                "unet_calls_total": spent,
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                "seconds_rollout": t1 - t0,
-                "seconds_optimise": t2 - t1,
-                "seconds_total": t2 - t_start,
-                **opt,
-            }
-            if "r_w" in opt:
-                record["pair_mean"] = (opt["r_w"] + opt["r_l"]) / 2
+            record["unet_calls_total"] = spent
+            record["seconds_total"] = time.perf_counter() - t_start
+            if "r_w" in record:
+                record["pair_mean"] = (record["r_w"] + record["r_l"]) / 2
             if fixed is not None:
                 before = model.unet_calls
                 record.update(self.probe(fixed))
@@ -256,7 +232,8 @@ class _BudgetTrainerMixin:
             self._log(record)
             log(f"  it {iteration}: spent {spent}/{budget} reward {record['reward_mean']:.4f} "
                 f"r_w {record.get('r_w', float('nan')):.4g} r_l {record.get('r_l', float('nan')):.4g} "
-                f"ref_r_l {record.get('ref_r_l', float('nan')):.4g} ({t2 - t0:.1f} s)")
+                f"ref_r_l {record.get('ref_r_l', float('nan')):.4g} "
+                f"({record['seconds_rollout'] + record['seconds_optimise']:.1f} s)")
         self.save_lora(self.output_dir / "lora")
 
 
