@@ -93,7 +93,9 @@ class BenchSettings:
 def make_inputs(point: Point, device, seed: int = 0) -> dict:
     """The op's inputs at ``point``: ``shared`` = TailorPO/SPO/RDPO (y [P, 2, D]; x_t, o_θ, o_ref [P, D]);
     ``per-branch`` = D3PO (all [P, 2, D]); ``noised`` = Diffusion-DPO (y = ε [P, D] expanded with stride 0,
-    x_t not read (a = 0), o per branch). Only o_theta requires grad (the trainer's case)."""
+    x_t not read (a = 0), o per branch). Only o_theta requires grad (the trainer's case). The coefficients a, b, σ
+    are CPU tensors, as the trainer passes them (``DiffusionModel.coefficient_tensors``): they are checked on the
+    host and copied over, with no device sync."""
     if point.dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {point.dtype!r}")
     if point.layout not in LAYOUTS:
@@ -110,13 +112,13 @@ def make_inputs(point: Point, device, seed: int = 0) -> dict:
     o_theta = rand(o_shape, out).requires_grad_(True)
     o_ref = (o_theta.detach().float() + rand(o_shape, torch.float32, 0.05)).to(out)
     if point.layout == "noised":
-        y, x_t, a = rand((P, D), lat).unsqueeze(1).expand(P, 2, D), None, torch.zeros(P, device=device)
-        b, sigma = torch.ones(P, device=device), torch.ones(P, device=device)
+        y, x_t, a = rand((P, D), lat).unsqueeze(1).expand(P, 2, D), None, torch.zeros(P)
+        b, sigma = torch.ones(P), torch.ones(P)
     else:
         y, x_t = rand((P, 2, D), lat), rand(o_shape, lat)
-        a = 0.9 + 0.1 * torch.rand(P, generator=g).to(device)
-        b = -0.1 * torch.rand(P, generator=g).to(device) - 0.05
-        sigma = 0.1 + 0.2 * torch.rand(P, generator=g).to(device)
+        a = 0.9 + 0.1 * torch.rand(P, generator=g)
+        b = -0.1 * torch.rand(P, generator=g) - 0.05
+        sigma = 0.1 + 0.2 * torch.rand(P, generator=g)
     return dict(y=y, x_t=x_t, o_theta=o_theta, o_ref=o_ref, a=a, b=b, sigma=sigma)
 
 
@@ -196,8 +198,8 @@ def check_against_reference(inputs: dict, loss_kwargs: dict) -> dict:
         return t.unsqueeze(1).expand(P, 2, D) if t.dim() == 2 else t
 
     yb, xb, ob, rb = (branches(t) for t in (y, x_t, o_theta, o_ref))
-    a_, b_ = d(a).abs().reshape(P, 1, 1), d(b).abs().reshape(P, 1, 1)
-    s = (1.0 / (2.0 * d(sigma) ** 2) / D).reshape(P, 1, 1)  # the bench's reduction is the mean
+    a_, b_ = (d(t).to(y.device).abs().reshape(P, 1, 1) for t in (a, b))
+    s = (1.0 / (2.0 * d(sigma).to(y.device) ** 2) / D).reshape(P, 1, 1)  # the bench's reduction is the mean
     scale = (s * b_ * ((ob + rb) * (2 * yb + 2 * a_ * xb + b_ * (ob + rb)))).sum(-1)
     worst = {}
     worst["r"] = float(((r.double() - r_ref).abs() / (1e-5 * scale + 1e-30)).max())

@@ -179,6 +179,9 @@ class FusedPreferenceLossFunction(torch.autograd.Function):
                 *_split(beta), *_split(psi_lambda), *_split(lo), *_split(hi),
                 MEAN=mean, LOSS=loss_code, PENALTY=penalty_code, INSIDE=inside, CLAMP=clamp_bounds is not None,
                 ACC=_acc_dtype(spec), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+                # no FMA contraction: z = β(r_w − r_l) must use the rounded r it stores (a contracted
+                # fma(Σ_w, b·s, −r_l) differs by ulp(r_w), which β·ulp turns into a visible loss error at |r| ~ 1e13)
+                enable_fp_fusion=False,
             )
         ctx.save_for_backward(y, x_t, o_theta, o_ref, c)
         ctx.spec, ctx.mean, ctx.config = spec, mean, config

@@ -133,22 +133,35 @@ def check_paired_inputs(
     if not isinstance(min_sigma, (int, float)) or not min_sigma >= 0:
         raise ValueError(f"min_sigma: expected a number >= 0, got {min_sigma!r}")
     compute_dtype = torch.float64 if any(t.dtype == torch.float64 for _, t in named) else torch.float32
-    a_t = _coefficient("a", a, P, device, compute_dtype)
-    b_t = _coefficient("b", b, P, device, compute_dtype)
-    sigma_t = _coefficient("sigma", sigma, P, device, compute_dtype)
-    if x_t is None and bool(torch.any(a_t != 0)):
-        raise ValueError("x_t: None is only allowed when a == 0 (x_t is then not read); pass x_t")
+    # Coefficients given as numbers or CPU tensors (the trainer's, from the scheduler's table) are checked on the
+    # host and then copied over in one transfer: checking device tensors costs a device sync on every call.
+    on_host = all(not isinstance(v, torch.Tensor) or v.device.type == "cpu" for v in (a, b, sigma))
+    where = torch.device("cpu") if on_host else device
+    a_t = _coefficient("a", a, P, where, compute_dtype)
+    b_t = _coefficient("b", b, P, where, compute_dtype)
+    sigma_t = _coefficient("sigma", sigma, P, where, compute_dtype)
     # NaN passes through (and propagates into the result, as documented); only a definite σ ≤ floor is refused.
-    floor = min_sigma * torch.maximum(a_t.abs(), b_t.abs())
-    bad = (sigma_t <= 0) | (sigma_t < floor) | torch.isinf(sigma_t)
-    if bool(torch.any(bad)):
-        index = int(bad.nonzero()[0, 0])
+    floor = min_sigma * torch.maximum(a_t.abs(), b_t.abs())  # in the compute dtype, as the kernels see it
+    if on_host:  # P numbers: plain Python is cheaper than more tiny tensor ops
+        rows = torch.stack([a_t, sigma_t, floor]).tolist()
+        a_nonzero = any(v != 0 for v in rows[0])
+        bad_steps = [i for i, (s, f) in enumerate(zip(rows[1], rows[2])) if s <= 0 or s < f or math.isinf(s)]
+    else:
+        bad = (sigma_t <= 0) | (sigma_t < floor) | torch.isinf(sigma_t)
+        a_nonzero, any_bad = torch.stack([torch.any(a_t != 0), torch.any(bad)]).tolist()  # one device sync
+        bad_steps = bad.nonzero()[:, 0].tolist() if any_bad else []
+    if x_t is None and a_nonzero:
+        raise ValueError("x_t: None is only allowed when a == 0 (x_t is then not read); pass x_t")
+    if bad_steps:
+        index = bad_steps[0]
         raise ValueError(
             f"sigma: step {index} has σ = {float(sigma_t[index]):.3g}, below min_sigma·max(|a|, |b|) = "
             f"{float(floor[index]):.3g} or not finite: a deterministic (η = 0) or degenerate last step has no "
             "likelihood; leave such steps out of the pairs (the sampler's `skip_degenerate_steps`), or sample "
             "with η > 0"
         )
+    if where != device:
+        a_t, b_t, sigma_t = torch.stack([a_t, b_t, sigma_t]).to(device).unbind(0)
     return PairedInputs(P, D, device, compute_dtype, a_t, b_t, sigma_t)
 
 

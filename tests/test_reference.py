@@ -202,3 +202,21 @@ def test_sum_is_d_times_mean():
 def test_a_one_dimensional_y_is_named_as_such():
     with pytest.raises(ValueError, match=r"y: expected shape \[P, 2, D\]"):
         paired_log_ratios(_rand(5), _rand(1, 5), _rand(1, 5), _rand(1, 5), 1.0, 0.5, 0.3)
+
+
+def test_host_coefficients_are_checked_without_reading_the_device():
+    """Numbers and CPU tensors (the trainer's coefficients) are checked on the host and copied over: nothing is read
+    back from the device, so a GPU call costs no sync. Meta tensors stand for the device: reading one raises."""
+    from rdpo_zoo.reference import check_paired_inputs
+
+    P, D = 3, 4
+    y, x_t, o = (torch.empty(*shape, device="meta") for shape in ((P, 2, D), (P, D), (P, D)))
+    spec = check_paired_inputs(y, x_t, o, o, torch.tensor([0.9, 1.0, 1.1]), -0.2, torch.tensor([0.3, 0.2, 0.1]))
+    assert spec.a.device.type == spec.sigma.device.type == "meta" and spec.sigma.shape == (P,)
+    with pytest.raises(ValueError, match="sigma: step 2 has σ = -0.1"):
+        check_paired_inputs(y, x_t, o, o, 1.0, 0.5, torch.tensor([0.3, 0.2, -0.1]))
+    with pytest.raises(ValueError, match="x_t: None is only allowed when a == 0"):
+        check_paired_inputs(y, None, o, o, torch.tensor([0.0, 0.0, 0.5]), 1.0, 1.0)
+    # coefficients already on the device are read back once: a meta device cannot, and says so
+    with pytest.raises(NotImplementedError):
+        check_paired_inputs(y, x_t, o, o, torch.ones(P, device="meta"), 0.5, 0.3)
