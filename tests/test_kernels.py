@@ -243,7 +243,7 @@ def assert_close(name, got, want, tol):
     offending index."""
     got = got.detach().double().cpu()
     want = want.detach().double().cpu()
-    tol = torch.as_tensor(tol, dtype=torch.float64).expand_as(want)
+    tol = torch.as_tensor(tol, dtype=torch.float64).cpu().expand_as(want)  # a tolerance built on the GPU too
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     nan_got, nan_want = torch.isnan(got), torch.isnan(want)
     if not torch.equal(nan_got, nan_want):
