@@ -39,3 +39,17 @@ def test_fig1_ci_profile_end_to_end_and_cached(tmp_path):
         assert not (run / "lora").exists()  # no weights kept
     again = _paper(tmp_path, "fig1")
     assert again.returncode == 0 and "runs to train" not in again.stdout  # everything cached
+
+
+def test_versioned_settings_enter_the_cache_key_only_where_used(monkeypatch):
+    """A change of what gradient guidance means reruns the guided runs and no other: its version is hashed into
+    the runs that use it, and the key of every other run is what it was."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import runs
+
+    guided, plain = runs.RunSpec("tailorpo-g"), runs.RunSpec("d3po")
+    assert guided.key()["setting_versions"] == {"gradient_guidance": runs.SETTING_VERSIONS["gradient_guidance"]}
+    assert "setting_versions" not in plain.key()
+    before = guided.digest(), plain.digest()
+    monkeypatch.setitem(runs.SETTING_VERSIONS, "gradient_guidance", 999)
+    assert guided.digest() != before[0] and plain.digest() == before[1]

@@ -36,7 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Where results go; the CI's test points RDPO_PAPER_RESULTS at a temporary folder.
 RESULTS = Path(os.environ.get("RDPO_PAPER_RESULTS") or ROOT / "benchmarks" / "results" / "paper")
 RUNS = RESULTS / "runs"
-STUDY_VERSION = 1  # bump when the meaning of a cached result changes
+STUDY_VERSION = 1  # bump when the meaning of every cached result changes
+#: What a method setting means, versioned: hashed only into the runs that use the setting, so that a change of
+#: meaning reruns just those. gradient_guidance 2: TailorPO-G's guidance_step in units of the step's noise norm
+#: σ_t·√D (commit f6f63c9); 1 was a raw step, ~200× smaller on the embedded model.
+SETTING_VERSIONS = {"gradient_guidance": 2}
 
 #: The sampler every evaluation uses (the paper's: DDIM η = 1, T = 20, CFG 5), whatever the method trained with.
 EVAL_SAMPLER = {"sampler": "ddim", "eta": 1.0, "num_steps": 20, "guidance_scale": 5.0}
@@ -81,9 +85,13 @@ class RunSpec:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
         config["run"].pop("output_dir")
-        return {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget, "probe_prompts": self.probe_prompts,
+        key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget, "probe_prompts": self.probe_prompts,
                 "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
                 "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
+        used = {name: v for name, v in SETTING_VERSIONS.items() if config["method"].get(name)}
+        if used:  # absent otherwise, so that the runs not using a versioned setting keep their hashes
+            key["setting_versions"] = used
+        return key
 
     def digest(self) -> str:
         text = json.dumps(self.key(), sort_keys=True, default=str)
