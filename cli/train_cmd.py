@@ -196,7 +196,8 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
         raise click.ClickException(str(error)) from None
     if evaluation:
         _print_evaluation(evaluation)
-    click.echo(f"outputs: {config.run.output_dir} (config.json, metrics.jsonl, lora/, eval.json)")
+    shown = "eval.json, eval.png: base above tuned" if evaluation else "no evaluation: --eval-samples 0"
+    click.echo(f"outputs: {config.run.output_dir} (config.json, metrics.jsonl, lora/, {shown})")
 
 
 def _print_config(config) -> None:

@@ -8,14 +8,15 @@ tuned model (adapter off and on) are compared on identical initial noise and sam
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
 from rdpo_zoo.diffusion import DiffusionModel
 from rdpo_zoo.rewards import Reward
 
-__all__ = ["sample_rewards", "summary", "evaluate_rewards"]
+__all__ = ["sample_rewards", "summary", "evaluate_rewards", "save_comparison_grid"]
 
 
 def summary(values: torch.Tensor) -> dict:
@@ -30,10 +31,14 @@ def _seed(seed: int, start: int) -> int:
 
 @torch.no_grad()
 def sample_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[int], rewards: dict[str, Reward],
-                   batch_size: int = 32, reference: bool = False) -> dict[str, torch.Tensor]:
+                   batch_size: int = 32, reference: bool = False, keep_images: int = 0,
+                   images: Optional[list] = None) -> dict[str, torch.Tensor]:
     """Rewards ``{name: [len(seeds)·len(prompts)]}`` of samples of every prompt under every seed (seed-major).
 
-    ``reference=True`` samples with the LoRA adapter disabled (the base model)."""
+    ``reference=True`` samples with the LoRA adapter disabled (the base model). With ``keep_images`` > 0 the first
+    that many images (``[3, H, W]`` in [0, 1], on the CPU) are appended to the list ``images``."""
+    if keep_images and images is None:
+        raise ValueError("images: expected a list to append the kept images to when keep_images > 0")
     if not prompts:
         raise ValueError("prompts: expected at least one prompt")
     if not rewards:
@@ -49,9 +54,11 @@ def sample_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequenc
                     latents = model.sample(cond, generator)
             else:
                 latents = model.sample(cond, generator)
-            images = model.decode(latents)
+            decoded = model.decode(latents)
             for name, reward in rewards.items():
-                scores[name].append(reward.score(images, chunk).float().cpu())
+                scores[name].append(reward.score(decoded, chunk).float().cpu())
+            if keep_images > len(images or ()):
+                images.extend(decoded[: keep_images - len(images)].float().cpu())
     return {name: torch.cat(values) for name, values in scores.items()}
 
 
@@ -67,3 +74,26 @@ def evaluate_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Seque
             table[name]["base"] = summary(base[name])
             table[name]["gain"] = summary(tuned[name] - base[name])
     return {"prompts": len(prompts), "seeds": list(seeds), "samples": len(prompts) * len(seeds), "rewards": table}
+
+
+def save_comparison_grid(rows: Sequence[Sequence[torch.Tensor]], path, scale: int = 2) -> Path:
+    """A PNG of image rows (e.g. base above tuned, the same prompt and noise in each column), each image
+    ``[3, H, W]`` in [0, 1], enlarged ``scale`` times (nearest) so that 64×64 samples can be looked at."""
+    from PIL import Image
+
+    rows = [list(row) for row in rows if len(row)]
+    if not rows:
+        raise ValueError("rows: expected at least one non-empty row of images")
+    columns = max(len(row) for row in rows)
+    _, h, w = rows[0][0].shape
+    gap = 2
+    canvas = torch.ones(3, len(rows) * (h + gap) - gap, columns * (w + gap) - gap)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            canvas[:, i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = image.clamp(0, 1)
+    array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    picture = Image.fromarray(array)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path = Path(path)
+    picture.save(path)
+    return path

@@ -37,6 +37,8 @@ from rdpo_zoo.config import RunSettings, TrainConfig, parse_train_timesteps  # n
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
 PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
+#: base-vs-tuned image pairs drawn into eval.png at the end of a run
+EVAL_GRID_IMAGES = 16
 
 
 class TrainingError(RuntimeError):
@@ -551,22 +553,27 @@ class Trainer:
     def evaluate(self, n: Optional[int] = None) -> dict:
         """Base (adapter off) against tuned (adapter on) on ``n`` held-out prompt/seed pairs (the eval prompts
         cycled), the same initial noise and sampling noise for both: mean ± s.e. of each and of the paired gain."""
-        from rdpo_zoo.evaluate import sample_rewards, summary
+        from rdpo_zoo.evaluate import sample_rewards, save_comparison_grid, summary
 
         n = n or self.run.eval_samples
         prompts_all = self._prompt_set(self.run.eval_prompts)
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
         self.model.unet.eval()
         rewards = {self.run.reward: self.reward}
+        shown = min(n, EVAL_GRID_IMAGES) if self.accelerator.is_main_process else 0
+        base_images, tuned_images = [], []
         with self.accelerator.autocast():
             base = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size,
-                                  reference=True)[self.run.reward]
-            tuned = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size)[self.run.reward]
+                                  reference=True, keep_images=shown, images=base_images)[self.run.reward]
+            tuned = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size,
+                                   keep_images=shown, images=tuned_images)[self.run.reward]
         result = {"reward": self.run.reward, "prompts": self.run.eval_prompts, "n": n,
                   "base": summary(base), "tuned": summary(tuned), "gain": summary(tuned - base)}
         result["gain_over_se"] = result["gain"]["mean"] / result["gain"]["se"] if result["gain"]["se"] else float("nan")
         if self.accelerator.is_main_process:
             _atomic_write_text(self.output_dir / "eval.json", json.dumps(result, indent=2))
+            # look before trusting a gain: a reward can be hacked (base above, tuned below, same noise per column)
+            save_comparison_grid([base_images, tuned_images], self.output_dir / "eval.png")
         return result
 
 

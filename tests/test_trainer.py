@@ -93,6 +93,18 @@ def test_train_writes_metrics_config_checkpoints_and_a_loadable_lora(tmp_path):
     base = tiny_sd_pipeline().unet(x, t, encoder_hidden_states=hidden).sample
     assert (trained - base).abs().max() > 1e-4  # training changed the output ...
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)  # ... and the saved LoRA carries it exactly
+    # the end-of-run evaluation: eval.json, and eval.png with the base row above the tuned row
+    from PIL import Image
+
+    result = trainer.evaluate(3)
+    assert result["n"] == 3 and json.loads((tmp_path / "eval.json").read_text())["gain"]["n"] == 3
+    grid = torch.tensor(list(Image.open(tmp_path / "eval.png").convert("RGB").getdata()), dtype=torch.float32)
+    with Image.open(tmp_path / "eval.png") as png:
+        width, height = png.size
+    side = (height // 2 - 2) // 2  # two rows of side×side images, 2 px apart, enlarged 2×
+    assert width == 2 * (3 * (side + 2) - 2) and side >= 8
+    rows = grid.reshape(height, width, 3)
+    assert (rows[: 2 * side] - rows[-2 * side:]).abs().max() > 0  # base and tuned differ
 
 
 def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tmp_path):
