@@ -33,9 +33,18 @@ def _method_options(command):
             continue  # --estimator/--loss/--penalty and their -opt flags come from part_options
         kind = click.Choice([str(c) for c in option.choices]) if option.choices else _CLICK_TYPES[option.type]
         default = "" if option.default is None else f" [preset's, else {option.default}]"
-        command = click.option(_flag(option.name), option.name, type=kind, default=None,
+        callback = None
+        if option.type is bool and option.nullable:  # true / false / auto (None: the setting decides itself)
+            kind, default = click.Choice(["true", "false", "auto"], case_sensitive=False), " [preset's, else auto]"
+            callback = _auto_is_none
+        command = click.option(_flag(option.name), option.name, type=kind, default=None, callback=callback,
                                help=option.help + default)(command)
     return command
+
+
+def _auto_is_none(ctx, param, value):
+    # "auto" given explicitly must still override a preset's value: the settings parser reads "none" as None
+    return "none" if value is not None and value.lower() == "auto" else value
 
 
 def _run_options(command):
@@ -210,9 +219,13 @@ def _print_config(config) -> None:
                f"{m['estimator_options'] or ''}, loss {m['loss']} {m['loss_options']}{penalty_text}")
     click.echo(f"sampling: {m['scheduler']} eta={m['eta']} T={m['num_steps']} guidance={m['guidance_scale']}, "
                f"train timesteps {m['train_timesteps']}, threshold {m['threshold']}, gradient guidance "
-               f"{m['gradient_guidance']}, reduction {m['reduction']}, lr {m['learning_rate']}")
+               f"{_GUIDANCE_WORDS[m['gradient_guidance']]}, reduction {m['reduction']}, lr {m['learning_rate']}")
     click.echo(f"budget: {run.iterations} iterations × {run.prompts_per_iteration} prompts, {run.inner_epochs} "
                f"inner epoch(s), minibatch {run.minibatch_size}, LoRA rank {run.lora_rank}, seed {run.seed}")
+
+
+_GUIDANCE_WORDS = {True: "on", False: "off",
+                   None: "auto (on for a branching rollout with a differentiable reward)"}
 
 
 def _print_evaluation(result: dict) -> None:

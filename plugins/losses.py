@@ -48,9 +48,12 @@ def register_losses(register):
 
 @rdpo_zoo.hookimpl
 def register_penalties(register):
-    # λ = 100: the RDPO paper's setting (printed "1, 00"; its ablation tries 10, 100, 10 000), at its scale.
+    # The RDPO paper's λ is 100 (printed "1, 00"; its ablation tries 10, 100, 10 000), and its preset keeps that.
+    # Alone, Ψ defaults to λ = β's default, 0.1: with the mean reduction λ/β = 1000 lets Ψ's push on an active
+    # loser (λ·σ(−z)) swamp DPO's (β·σ(−z)) under Adam, which on the embedded world erased the guided gain
+    # (docs/reproduction.md, Table 1 and Fig. 3; docs/rollout.md for the main job's λ runs).
     register(PenaltyPart("psi", "RDPO's Ψ (intended sign): λ·max(0, r_l) keeps the loser down", _penalty("psi"),
-                         fused="psi", default_lambda=100.0))
+                         fused="psi", default_lambda=0.1))
     register(PenaltyPart("psi-literal", "RDPO's Ψ as printed: −λ·max(0, r_l) (rewards a rising r_l)",
                          _penalty("psi-literal"), fused="psi-literal", default_lambda=100.0))
     # DPOP (Pal et al. 2024) writes β(… − λ·max(0, −r_w)) with λ = 50 (PaddleNLP dpo_criterion.py dpop_lambda);

@@ -42,6 +42,7 @@ PRESETS = [
             guidance_scale=5.0,  # config/base.py sample.guidance_scale 5.0
             train_timesteps="all",  # config/base.py train.timestep_fraction 1.0
             learning_rate=3e-4,  # config/base.py train.learning_rate 3e-4
+            gradient_guidance=False,  # single trajectories: no pair to guide
             reduction="mean",  # ddim_with_logprob.py: log_prob.mean over all but the batch dimension
         ),
     ),
@@ -62,6 +63,7 @@ PRESETS = [
             guidance_scale=5.0,  # config/base.py sample.guidance_scale 5.0
             train_timesteps="all",  # config/base.py train.timestep_fraction 1.0: every one of the 20 steps
             learning_rate=3e-5,  # config/base.py train.learning_rate 3e-5
+            gradient_guidance=False,  # D3PO: two independent trajectories, no guidance
             reduction="mean",  # ddim_with_logprob.py: mean over C·H·W
         ),
     ),
@@ -79,6 +81,7 @@ PRESETS = [
             guidance_scale=1.0,  # train.py: unet(x_t, t, c), the conditional output, no guidance
             train_timesteps="uniform",  # train.py: t ~ U{0..999}
             learning_rate=2.048e-5,  # launchers: lr 1e-8 × --scale_lr (grad_accum 128 × batch 1 × 16 GPUs = 2048)
+            gradient_guidance=False,  # noised pairs: no rollout to guide
             reduction="mean",  # train.py: (unet(x_t) − ε)².mean(dim=[1, 2, 3])
         ),
     ),
@@ -103,6 +106,7 @@ PRESETS = [
             guidance_scale=5.0,  # basic_config.py guidance 5.0
             train_timesteps="all",  # every step from branch_start on yields pairs (train_spo.py pools them all)
             learning_rate=6e-5,  # basic_config.py lr 6e-5 (SDXL 1e-5)
+            gradient_guidance=False,  # SPO: candidates ranked by its step-aware preference model, not guided
             reduction="mean",  # ddim_with_logprob.py: mean over C·H·W
         ),
     ),
@@ -115,6 +119,7 @@ PRESETS = [
             estimator="x0-hat",  # TailorPO: step-wise reward r(decode(x̂0)) of each child
             loss="dpo",  # TailorPO: D3PO/SPO form −log σ(β(r_w − r_l)); no clamp in DESIGN.md's table
             loss_options={"beta": 0.1},  # RDPO Sec. 5: "other hyper-parameters from D3PO": β = 0.1
+            gradient_guidance=False,  # TailorPO without -G
             **_RDPO_PAPER,
         ),
     ),

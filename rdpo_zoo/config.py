@@ -34,7 +34,7 @@ class RunSettings:
     prompts: str = _field("train", "training prompts: a named set (train, ood, all: the embedded world's) or a text file")
     eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end")
     output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go")
-    iterations: int = _field(8, "rollout + optimisation rounds", min=1)
+    iterations: int = _field(40, "rollout + optimisation rounds", min=1)
     prompts_per_iteration: int = _field(8, "prompts sampled per rollout (per process)", min=1)
     inner_epochs: int = _field(1, "passes over each rollout's pairs", min=1)
     minibatch_size: int = _field(16, "pairs per optimiser minibatch", min=1)

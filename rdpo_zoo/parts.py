@@ -600,7 +600,8 @@ SETTINGS = (
     Option("eta", float, 1.0, "DDIM's η (1: the stochastic step every method trains on)", min=0.0, nullable=True),
     Option("num_steps", int, 20, "inference steps T of a rollout", min=1),
     Option("guidance_scale", float, 5.0, "classifier-free guidance g of the rollout (1: conditional only)", min=0.0),
-    Option("gradient_guidance", bool, False, "widen each pair's reward gap with the reward's gradient (TailorPO-G)"),
+    Option("gradient_guidance", bool, None, "widen each pair's reward gap with the reward's gradient (TailorPO-G); "
+           "none (auto): on for a branching rollout with a differentiable reward, as RDPO (RDPO* + Ψ) is built on it"),
     Option(
         "train_timesteps",
         str,
@@ -608,7 +609,8 @@ SETTINGS = (
         "the steps trained on: all, uniform (t ~ U{0..999}, noised pairs), or a list of steps t of T such as 20,16,12",
     ),
     Option("threshold", float, None, "drop pairs whose reward gap (in units of the reward's scale) is below this", min=0.0),
-    Option("learning_rate", float, 3e-5, "the optimiser's learning rate", min=0.0, min_exclusive=True),
+    # 1e-3 trains the embedded default's LoRA within minutes (docs/rollout.md); every preset sets its paper's own
+    Option("learning_rate", float, 1e-3, "the optimiser's learning rate", min=0.0, min_exclusive=True),
 )
 _SETTINGS_BY_NAME = {o.name: o for o in SETTINGS}
 #: settings that name a part, and the key of that part's options

@@ -93,9 +93,7 @@ class Trainer:
         else:
             self.objective = build_loss(loss_part, m["loss_options"], m["penalty"], m["penalty_options"] or None,
                                         registry=self.registry)
-        if m.get("gradient_guidance") and not self.reward.differentiable:
-            raise ValueError(f"reward: {run.reward!r} has no differentiable form, so it cannot drive the gradient "
-                             "guidance this method uses (TailorPO-G); choose a differentiable reward or turn guidance off")
+        self.guided = self._resolve_guidance()
         self._build_model()
         self._build_optimiser()
         self.prompts = self._prompt_set(run.prompts)
@@ -112,6 +110,25 @@ class Trainer:
         self._tensorboard = None
 
     # ---------------------------------------------------------------------------------------------- setup
+    def _resolve_guidance(self) -> bool:
+        """TailorPO-G's gradient guidance: explicit on/off, or auto (None): on for a branching rollout with a
+        differentiable reward (RDPO = RDPO* + Ψ is built on TailorPO-G), else off. On where it cannot act is refused."""
+        wanted, rollout = self.method.get("gradient_guidance"), self.method["rollout"]
+        branching, differentiable = rollout.startswith("branch-"), self.reward.differentiable
+        if wanted is None:
+            guided = branching and differentiable
+            logger.info("gradient guidance: auto -> %s (%s rollout, reward %r %s differentiable)",
+                        "on" if guided else "off", rollout, self.run.reward, "is" if differentiable else "is not")
+            return guided
+        if wanted and not branching:
+            raise ValueError(f"gradient_guidance: TailorPO-G guidance moves the preferred child of a branching "
+                             f"rollout; rollout {rollout!r} has none (pass --gradient-guidance false or auto)")
+        if wanted and not differentiable:
+            raise ValueError(f"reward: {self.run.reward!r} has no differentiable form, so it cannot drive the "
+                             "gradient guidance this method uses (TailorPO-G); choose a differentiable reward or pass "
+                             "--gradient-guidance false (or auto)")
+        return bool(wanted)
+
     def _check_combination(self) -> None:
         m = self.method
         rollout = m["rollout"]
@@ -228,7 +245,7 @@ class Trainer:
             rollout = m["rollout"]
             threshold = m["threshold"] or 0.0
             if rollout.startswith("branch-"):
-                guidance = Guidance(run.guidance_step) if m.get("gradient_guidance") else None
+                guidance = Guidance(run.guidance_step) if self.guided else None
                 return rollout_branching(
                     self.model, cond, self.reward, self.estimator, self.train_steps, generator,
                     k=m["num_candidates"], continue_from=rollout.split("-", 1)[1], threshold=threshold,
@@ -445,7 +462,7 @@ class Trainer:
             "train_steps": self.train_steps, "sampler": self.model.sampler, "eta": self.model.eta,
             "timesteps": [int(t) for t in self.model.timesteps], "guidance_scale": self.model.guidance_scale,
             "resolution": self.model.resolution, "reward_scale": self.reward.scale,
-            "processes": self.accelerator.num_processes,
+            "processes": self.accelerator.num_processes, "gradient_guidance": self.guided,
         }
         _atomic_write_text(self.output_dir / "config.json", json.dumps(data, indent=2, default=str))
 

@@ -183,6 +183,22 @@ def test_incompatible_combinations_are_refused_before_compute(tmp_path):
         Trainer(small_config(tmp_path, "tailorpo-g", reward="compressibility"))
     with pytest.raises(ValueError, match="steps: step t=3"):
         Trainer(small_config(tmp_path, None, eta=0.0, train_timesteps="3"))
+    with pytest.raises(ValueError, match="gradient_guidance: .*rollout 'two-trajectories' has none"):
+        Trainer(small_config(tmp_path, "d3po", gradient_guidance=True))
+
+
+def test_gradient_guidance_auto_is_on_exactly_for_branching_rollouts_with_a_differentiable_reward(tmp_path):
+    """RDPO's parts without a preset are guided as RDPO is (RDPO* + Ψ, RDPO* on TailorPO-G); auto never turns on
+    where guidance cannot act, and a preset's explicit value stands."""
+    assert Trainer(small_config(tmp_path / "a", None)).guided  # branch-winner, test-red is differentiable
+    assert not Trainer(small_config(tmp_path / "b", None, rollout="two-trajectories")).guided
+    assert not Trainer(small_config(tmp_path / "c", None, reward="compressibility")).guided
+    assert not Trainer(small_config(tmp_path / "d", "tailorpo")).guided  # TailorPO without -G: explicitly off
+    # auto given over a preset's value (the CLI's --gradient-guidance auto passes "none": None means "not given")
+    trainer = Trainer(small_config(tmp_path / "e", "tailorpo", gradient_guidance="none"))
+    assert trainer.guided
+    trainer._write_config()
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["resolved"]["gradient_guidance"] is True
 
 
 def test_cli_refuses_double_counted_psi_and_prints_the_implied_defaults():
