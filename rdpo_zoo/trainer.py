@@ -403,7 +403,9 @@ class Trainer:
         advantages = None
         if self.per_sample:
             advantages = self.advantages(result.prompts, result.final_rewards).to(acc.device)
+        calls_before = self.model.unet_calls
         opt = self.optimise(batch, iteration, advantages)
+        calls_optimise = self.model.unet_calls - calls_before  # policy and reference passes over the pairs
         self.lr_scheduler.step()
         t2 = time.perf_counter()
         rewards = acc.gather(result.final_rewards.to(acc.device).float())
@@ -413,7 +415,8 @@ class Trainer:
             "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "pairs": int(acc.gather(torch.tensor([len(batch) if batch is not None else 0], device=acc.device)).sum()),
             "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
-            "unet_calls": result.stats.get("unet_calls"),
+            "unet_calls": result.stats.get("unet_calls"),  # the rollout's (sampling, estimating, guiding)
+            "unet_calls_optimise": calls_optimise,
             "lr": self.lr_scheduler.get_last_lr()[0],
             "seconds_rollout": t1 - t0,
             "seconds_optimise": t2 - t1,

@@ -78,8 +78,9 @@ def test_train_writes_metrics_config_checkpoints_and_a_loadable_lora(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2]
     for key in ("reward_mean", "reward_std", "loss", "accuracy", "margin", "r_w", "r_l", "psi_active", "lr",
-                "seconds_rollout", "seconds_optimise", "pairs"):
+                "seconds_rollout", "seconds_optimise", "pairs", "unet_calls", "unet_calls_optimise"):
         assert key in records[-1], key
+    assert records[-1]["unet_calls"] > 0 and records[-1]["unet_calls_optimise"] > 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["method"]["loss"] == "rdpo" and config["resolved"]["train_steps"] == [4, 2]
     assert latest_checkpoint(tmp_path).name == "checkpoint-000002"
@@ -197,6 +198,7 @@ def test_gradient_guidance_auto_is_on_exactly_for_branching_rollouts_with_a_diff
     # auto given over a preset's value (the CLI's --gradient-guidance auto passes "none": None means "not given")
     trainer = Trainer(small_config(tmp_path / "e", "tailorpo", gradient_guidance="none"))
     assert trainer.guided
+    trainer.output_dir.mkdir(parents=True)
     trainer._write_config()
     assert json.loads((tmp_path / "e" / "config.json").read_text())["resolved"]["gradient_guidance"] is True
 
