@@ -48,8 +48,8 @@ def register_losses(register):
 
 @rdpo_zoo.hookimpl
 def register_penalties(register):
-    # The RDPO paper's λ is 100 (printed "1, 00"; its ablation tries 10, 100, 10 000), and its preset keeps that.
-    # Alone, Ψ defaults to λ = β's default, 0.1: with the mean reduction λ/β = 1000 lets Ψ's push on an active
+    # The RDPO paper's λ is 100 (printed "1, 00"; its ablation tries 10, 100, 10 000), at its scale. Ours, here and
+    # in the rdpo preset, is λ = β's default, 0.1: with the mean reduction λ/β = 1000 lets Ψ's push on an active
     # loser (λ·σ(−z)) swamp DPO's (β·σ(−z)) under Adam, which on the embedded world erased the guided gain
     # (docs/reproduction.md, Table 1 and Fig. 3; docs/rollout.md for the main job's λ runs).
     register(PenaltyPart("psi", "RDPO's Ψ (intended sign): λ·max(0, r_l) keeps the loser down", _penalty("psi"),

@@ -160,9 +160,10 @@ PRESETS = [
             loss_options={"beta": 0.1},  # RDPO Sec. 5: "other hyper-parameters from D3PO"
             penalty="psi",  # RDPO Eq. 10, with the intended sign (docs/maths.md; psi-literal is the printed one)
             penalty_options={
-                # RDPO Sec. 5: λ printed "1, 00" (the ablation tries 10, 100, 10 000), at the paper's scale.
-                # TODO: replace by the value of the λ sweep on the embedded world (DESIGN.md) once it is run.
-                "lambda": 100.0,
+                # RDPO Sec. 5 prints λ "1, 00" (its ablation tries 10, 100, 10 000), at the paper's scale. Ours is
+                # the embedded world's sweep (DESIGN.md): λ = β = 0.1; at λ = 100 with the mean reduction Ψ's push is
+                # 1000× DPO's and erased the guided gain (docs/rollout.md; the claims study pins the paper's 100).
+                "lambda": 0.1,
                 "placement": "inside",  # RDPO Eq. 9: Ψ inside the sigmoid
             },
             gradient_guidance=True,  # RDPO = RDPO* + Ψ

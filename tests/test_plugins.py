@@ -507,7 +507,7 @@ def test_presets_are_the_papers_settings(presets_registry):
     assert merged["tailorpo-g"]["gradient_guidance"] and merged["rdpo-star"]["estimator"] == "delta-q"
     assert merged["rdpo-star"]["penalty"] is None
     assert merged["rdpo"]["penalty"] == "psi"
-    assert merged["rdpo"]["penalty_options"] == {"lambda": 100.0, "placement": "inside"}
+    assert merged["rdpo"]["penalty_options"] == {"lambda": 0.1, "placement": "inside"}  # the embedded world's λ
     assert set(merged["rdpo"]) == {o.name for o in SETTINGS}
 
 
@@ -523,7 +523,7 @@ def test_merge_settings_overrides(presets_registry):
     assert s["penalty"] is None and s["penalty_options"] == {}
     # another penalty keeps the λ the preset chose (every penalty declares lambda)
     s = rdpo_zoo.merge_settings("rdpo", {"penalty": "dpop", "penalty_options": {"placement": "outside"}})
-    assert s["penalty_options"] == {"lambda": 100.0, "placement": "outside"}
+    assert s["penalty_options"] == {"lambda": 0.1, "placement": "outside"}  # not dpop's own 5.0
     # no preset: the defaults, with the part's defaults filled in
     s = rdpo_zoo.merge_settings(None, {"loss": "hinge"})
     assert s["loss_options"] == {"beta": 0.1, "clamp_eps": None} and s["penalty"] is None

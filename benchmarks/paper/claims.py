@@ -20,7 +20,8 @@ from benchmarks.paper.runs import (ALL_REWARDS, RESULTS, ROOT, RUNS, RunSpec, ba
 
 PRESETS = ("ddpo", "d3po", "diffusion-dpo", "spo", "tailorpo", "tailorpo-g", "rdpo-star", "rdpo")
 PAPER_STEPS = (20, 16, 12, 8, 4)
-PSI = {"penalty": "psi", "penalty_options": {"lambda": 100.0}}
+PAPER_PSI_LAMBDA = 100.0  # RDPO Sec. 5 (printed "1, 00"; its ablation tries 10, 100, 10 000)
+PSI = {"penalty": "psi", "penalty_options": {"lambda": PAPER_PSI_LAMBDA}}
 SHORT = {"world-aesthetic": "aesthetic", "compressibility": "compress.", "world-fidelity": "fidelity"}
 
 # The model every spec trains; the CI's test sets it to its tiny random part.
@@ -29,8 +30,11 @@ MODEL = {"name": "tiny", "rewards": ALL_REWARDS, "train_reward": "world-aestheti
 
 def _spec(p: Profile, preset: str, reward: Optional[str] = None, seed: int = 0, overrides=None, label: str = "",
           learning_rate: Optional[float] = None, budget: Optional[int] = None) -> RunSpec:
+    overrides = dict(overrides or {})
+    if preset == "rdpo":  # the paper's claims are about its RDPO: its λ = 100, not the preset's (our sweep's)
+        overrides.setdefault("penalty_options", {"lambda": PAPER_PSI_LAMBDA})
     return RunSpec(preset, reward=reward or MODEL["train_reward"], seed=seed, budget=budget or p.budget,
-                   learning_rate=learning_rate or p.learning_rate, overrides=dict(overrides or {}), run=dict(p.run),
+                   learning_rate=learning_rate or p.learning_rate, overrides=overrides, run=dict(p.run),
                    model=MODEL["name"], probe_prompts=p.probe_prompts, eval_sets=dict(p.eval_sets),
                    eval_seeds=tuple(p.eval_seeds), eval_rewards=tuple(MODEL["rewards"]), label=label or preset)
 
