@@ -393,17 +393,23 @@ def table3_report(p: Profile) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ Table 1
+#: (row label, preset, overrides): every preset as its paper sets it, and RDPO at the λ this package defaults to
+TABLE1_VARIANTS = tuple((preset, preset, {}) for preset in PRESETS) + (
+    ("rdpo, λ = 0.1 (ours)", "rdpo", {"penalty_options": {"lambda": 0.1}}),)
+
+
 def table1_specs(p: Profile):
-    return [_spec(p, preset, seed=seed) for preset in PRESETS for seed in p.seeds]
+    return [_spec(p, preset, seed=seed, overrides=o, label=label) for label, preset, o in TABLE1_VARIANTS
+            for seed in p.seeds]
 
 
 def table1_report(p: Profile) -> dict:
     base = _base(p)
     rows = [{"method": "base (reference)", "runs_done": 1,
              **{r: mean_se(base["sets"]["ood"]["rewards"][r]["values"]) for r in MODEL["rewards"]}}]
-    for preset in PRESETS:
-        specs = [_spec(p, preset, seed=s) for s in p.seeds]
-        row = {"method": preset, "runs_done": sum(is_done(s) for s in specs)}
+    for label, preset, o in TABLE1_VARIANTS:
+        specs = [_spec(p, preset, seed=s, overrides=o) for s in p.seeds]
+        row = {"method": label, "runs_done": sum(is_done(s) for s in specs)}
         for r in MODEL["rewards"]:
             row[r] = _seed_stat(specs, lambda s, r=r: mean_se(eval_values(s, "ood", r))["mean"])
             row[r + "_gain"] = _seed_stat(specs, lambda s, r=r: paired_gain(s, base, "ood", r)["mean"])
@@ -436,17 +442,17 @@ def table1_report(p: Profile) -> dict:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5))
     reward = MODEL["train_reward"]
-    for i, preset in enumerate(PRESETS):
-        specs = [s for s in (_spec(p, preset, seed=x) for x in p.seeds) if is_done(s)]
+    for i, (label, preset, o) in enumerate(TABLE1_VARIANTS):
+        specs = [s for s in (_spec(p, preset, seed=x, overrides=o) for x in p.seeds) if is_done(s)]
         if not specs:
             continue
         color = f"C{i}"
         for k, s in enumerate(specs):
-            ax.plot(*series(s, "reward_mean"), color=color, alpha=0.6, lw=1, label=f"{preset} (training)" if k == 0 else None)
+            ax.plot(*series(s, "reward_mean"), color=color, alpha=0.6, lw=1, label=f"{label} (training)" if k == 0 else None)
             xs, _ = series(s, "reward_mean")
             ev = mean_se(eval_values(s, "ood", reward))
             ax.errorbar([xs[-1] * (1 + 0.01 * i)], [ev["mean"]], yerr=[ev["se"]], fmt="o", color=color,
-                        ms=5, label=f"{preset} (OOD eval)" if k == 0 else None)
+                        ms=5, label=f"{label} (OOD eval)" if k == 0 else None)
     b = mean_se(base["sets"]["ood"]["rewards"][reward]["values"])
     ax.axhline(b["mean"], color="black", ls="--", lw=1, label="base (OOD eval)")
     ax.set_xlabel("UNet evaluations")
@@ -461,7 +467,7 @@ def table1_report(p: Profile) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ Table 5
 def table5_specs(p: Profile):
-    return table1_specs(p)
+    return [_spec(p, preset, seed=seed) for preset in PRESETS for seed in p.seeds]  # Table 1's preset runs
 
 
 def table5_report(p: Profile) -> dict:
