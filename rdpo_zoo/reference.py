@@ -161,7 +161,9 @@ def check_paired_inputs(
             "with η > 0"
         )
     if where != device:
-        a_t, b_t, sigma_t = torch.stack([a_t, b_t, sigma_t]).to(device).unbind(0)
+        # non_blocking: a blocking host-to-device copy synchronises the stream; from pageable memory CUDA stages the
+        # bytes before returning, so the temporary may go at once
+        a_t, b_t, sigma_t = torch.stack([a_t, b_t, sigma_t]).to(device, non_blocking=True).unbind(0)
     return PairedInputs(P, D, device, compute_dtype, a_t, b_t, sigma_t)
 
 
