@@ -346,14 +346,21 @@ TABLE3_PRESETS = ("d3po", "spo", "tailorpo")
 SPO0 = {"threshold": 0.0}
 
 
+#: (preset, overrides, row label): each preset without and with Ψ; SPO at threshold 0 is its own claim (queued last)
+TABLE3_VARIANTS = tuple((preset, o, f"{preset}{' + Ψ' if o else ''}") for preset in TABLE3_PRESETS for o in ({}, PSI))
+SPO0_VARIANTS = tuple(("spo", {**SPO0, **o}, f"spo, threshold 0{' + Ψ' if o else ''}") for o in ({}, PSI))
+
+
+def _variant_specs(p: Profile, variants) -> list:
+    return [_spec(p, preset, seed=seed, overrides=o, label=label) for preset, o, label in variants for seed in p.seeds]
+
+
 def table3_specs(p: Profile):
-    return [_spec(p, preset, seed=seed, overrides=o, label=f"{preset}{' + Ψ' if o else ''}")
-            for preset in TABLE3_PRESETS for o in ({}, PSI) for seed in p.seeds]
+    return _variant_specs(p, TABLE3_VARIANTS)
 
 
 def spo0_specs(p: Profile):
-    return [_spec(p, "spo", seed=seed, overrides={**SPO0, **o}, label=f"spo, threshold 0{' + Ψ' if o else ''}")
-            for o in ({}, PSI) for seed in p.seeds]
+    return _variant_specs(p, SPO0_VARIANTS)
 
 
 def _seed_stat(specs, fn: Callable) -> dict:
@@ -364,19 +371,17 @@ def table3_report(p: Profile) -> dict:
     base = _base(p)
     reward = MODEL["train_reward"]
     rows = []
-    variants = [(preset, o, f"{preset}{' + Ψ' if o else ''}") for preset in TABLE3_PRESETS for o in ({}, PSI)]
-    variants += [("spo", {**SPO0, **o}, f"spo, threshold 0{' + Ψ' if o else ''}") for o in ({}, PSI)]
-    for preset, o, method in variants:
-            specs = [_spec(p, preset, seed=s, overrides=o) for s in p.seeds]
-            rows.append({
-                "method": method, "runs_done": sum(is_done(s) for s in specs),
-                "eval_ood": _seed_stat(specs, lambda s: mean_se(eval_values(s, "ood", reward))["mean"]),
-                "gain_ood": _seed_stat(specs, lambda s: paired_gain(s, base, "ood", reward)["mean"]),
-                "train_reward_last": _seed_stat(specs, lambda s: run_summary(s)["reward_mean_last"]),
-                "r_l_last": _seed_stat(specs, lambda s: run_summary(s)["r_l_last"]),
-                "ref_r_l_last": _seed_stat(specs, lambda s: run_summary(s)["ref_r_l_last"]),
-                "pairs_kept": _seed_stat(specs, lambda s: run_summary(s)["pairs_kept_fraction"]),
-            })
+    for preset, o, method in TABLE3_VARIANTS + SPO0_VARIANTS:
+        specs = [_spec(p, preset, seed=s, overrides=o) for s in p.seeds]
+        rows.append({
+            "method": method, "runs_done": sum(is_done(s) for s in specs),
+            "eval_ood": _seed_stat(specs, lambda s: mean_se(eval_values(s, "ood", reward))["mean"]),
+            "gain_ood": _seed_stat(specs, lambda s: paired_gain(s, base, "ood", reward)["mean"]),
+            "train_reward_last": _seed_stat(specs, lambda s: run_summary(s)["reward_mean_last"]),
+            "r_l_last": _seed_stat(specs, lambda s: run_summary(s)["r_l_last"]),
+            "ref_r_l_last": _seed_stat(specs, lambda s: run_summary(s)["ref_r_l_last"]),
+            "pairs_kept": _seed_stat(specs, lambda s: run_summary(s)["pairs_kept_fraction"]),
+        })
     base_ood = mean_se(base["sets"]["ood"]["rewards"][reward]["values"])
     md = [f"# Table 3: adding Ψ (λ = 100) to D3PO, SPO and TailorPO ({p.name})", "", _budget_line(p, table3_specs(p)),
           "", f"Reward: {reward}; evaluated on the OOD prompts ({p.eval_sets.get('ood')} prompts × seeds "
@@ -393,21 +398,26 @@ def table3_report(p: Profile) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ Table 1
-#: (row label, preset, overrides): every preset as its paper sets it, and RDPO at the λ this package defaults to
-TABLE1_VARIANTS = tuple((preset, preset, {}) for preset in PRESETS) + (
-    ("rdpo, λ = 0.1 (ours)", "rdpo", {"penalty_options": {"lambda": 0.1}}),)
+def table1_variants() -> tuple:
+    """(preset, overrides, row label): every preset as its paper sets it, and RDPO at the λ of this package's own
+    rdpo preset (read from it: the study pins the paper's λ for the plain "rdpo" row)."""
+    from rdpo_zoo.registry import merge_settings
+
+    ours = merge_settings("rdpo")["penalty_options"]["lambda"]
+    return tuple((preset, {}, preset) for preset in PRESETS) + (
+        ("rdpo", {"penalty_options": {"lambda": ours}}, f"rdpo, λ = {ours:g} (ours)"),)
 
 
 def table1_specs(p: Profile):
-    return [_spec(p, preset, seed=seed, overrides=o, label=label) for label, preset, o in TABLE1_VARIANTS
-            for seed in p.seeds]
+    return _variant_specs(p, table1_variants())
 
 
 def table1_report(p: Profile) -> dict:
     base = _base(p)
     rows = [{"method": "base (reference)", "runs_done": 1,
              **{r: mean_se(base["sets"]["ood"]["rewards"][r]["values"]) for r in MODEL["rewards"]}}]
-    for label, preset, o in TABLE1_VARIANTS:
+    variants = table1_variants()
+    for preset, o, label in variants:
         specs = [_spec(p, preset, seed=s, overrides=o) for s in p.seeds]
         row = {"method": label, "runs_done": sum(is_done(s) for s in specs)}
         for r in MODEL["rewards"]:
@@ -442,7 +452,7 @@ def table1_report(p: Profile) -> dict:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5))
     reward = MODEL["train_reward"]
-    for i, (label, preset, o) in enumerate(TABLE1_VARIANTS):
+    for i, (preset, o, label) in enumerate(variants):
         specs = [s for s in (_spec(p, preset, seed=x, overrides=o) for x in p.seeds) if is_done(s)]
         if not specs:
             continue

@@ -85,9 +85,9 @@ class RunSpec:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
         config["run"].pop("output_dir")
-        key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget, "probe_prompts": self.probe_prompts,
-                "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
-                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
+        key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
+               "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
+               "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
         used = {name: v for name, v in SETTING_VERSIONS.items() if config["method"].get(name)}
         if used:  # absent otherwise, so that the runs not using a versioned setting keep their hashes
             key["setting_versions"] = used
