@@ -202,11 +202,12 @@ def check_against_reference(inputs: dict, loss_kwargs: dict) -> dict:
     s = (1.0 / (2.0 * d(sigma).to(y.device) ** 2) / D).reshape(P, 1, 1)  # the bench's reduction is the mean
     scale = (s * b_ * ((ob + rb) * (2 * yb + 2 * a_ * xb + b_ * (ob + rb)))).sum(-1)
     worst = {}
-    worst["r"] = float(((r.double() - r_ref).abs() / (1e-5 * scale + 1e-30)).max())
+    worst["r"] = float(((r.double() - r_ref.detach()).abs() / (1e-5 * scale + 1e-30)).max())
     r_at = r.detach().double().requires_grad_(True)
     per_pair = _losses.pairwise_losses(r_at, **loss_kwargs)
     want = per_pair.mean()
-    worst["loss"] = float((value.double() - want).abs() / (1e-5 * per_pair.detach().abs().mean() + 1e-30))
+    worst["loss"] = float((value.detach().double() - want.detach()).abs()
+                          / (1e-5 * per_pair.detach().abs().mean() + 1e-30))
     (c,) = torch.autograd.grad(want, r_at)
     (grad_ref,) = torch.autograd.grad(r_ref, ot64, c)
     c_mag = (c.abs() + 1e-3 * c.abs().max()).unsqueeze(-1)
