@@ -449,7 +449,7 @@ def test_build_loss_is_pairwise_losses_with_typed_options():
         assert torch.equal(objective(r), expected)
         assert objective.fused == ("dpo", "psi") and objective.placement == "inside"
         rdpo = rdpo_zoo.build_loss("rdpo", {"beta": 0.1}, penalty_options=None)
-        assert (rdpo.penalty_name, rdpo.psi_lambda) == ("psi", 0.1)  # Ψ's own default (the rdpo preset: 100)
+        assert (rdpo.penalty_name, rdpo.psi_lambda) == ("psi", 0.1)  # Ψ's own default, also the rdpo preset's
         assert torch.equal(rdpo(r), pairwise_losses(r, "rdpo", beta=0.1, psi_lambda=0.1))
         assert torch.equal(rdpo.mean(r), rdpo(r).mean())
         with pytest.raises(OptionError, match="already includes the 'psi' penalty"):

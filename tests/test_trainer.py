@@ -99,9 +99,9 @@ def test_train_writes_metrics_config_checkpoints_and_a_loadable_lora(tmp_path):
 
     result = trainer.evaluate(3)
     assert result["n"] == 3 and json.loads((tmp_path / "eval.json").read_text())["gain"]["n"] == 3
-    grid = torch.tensor(list(Image.open(tmp_path / "eval.png").convert("RGB").getdata()), dtype=torch.float32)
     with Image.open(tmp_path / "eval.png") as png:
         width, height = png.size
+        grid = torch.tensor(list(png.convert("RGB").getdata()), dtype=torch.float32)
     side = (height // 2 - 2) // 2  # two rows of side×side images, 2 px apart, enlarged 2×
     assert width == 2 * (3 * (side + 2) - 2) and side >= 8
     rows = grid.reshape(height, width, 3)
