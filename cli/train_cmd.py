@@ -205,7 +205,7 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
         raise click.ClickException(str(error)) from None
     if evaluation:
         _print_evaluation(evaluation)
-    shown = "eval.json, eval.png: base above tuned" if evaluation else "no evaluation: --eval-samples 0"
+    shown = "eval.json, eval.png: base above tuned, framed green where the checker accepts" if evaluation else "no evaluation: --eval-samples 0"
     click.echo(f"outputs: {config.run.output_dir} (config.json, metrics.jsonl, lora/, {shown})")
 
 
@@ -229,9 +229,8 @@ _GUIDANCE_WORDS = {True: "on", False: "off",
 
 
 def _print_evaluation(result: dict) -> None:
-    click.echo(f"\nbase vs tuned, reward {result['reward']} on {result['n']} held-out prompt/seed pairs "
-               f"({result['prompts']} prompts, the same seeds for both):")
-    click.echo(f"  {'':<6} {'mean':>10} {'± s.e.':>10}")
-    for label in ("base", "tuned", "gain"):
-        click.echo(f"  {label:<6} {result[label]['mean']:>10.4f} {result[label]['se']:>10.4f}")
-    click.echo(f"  gain / s.e. = {result['gain_over_se']:.2f}")
+    from rdpo_zoo.evaluate import format_report
+
+    click.echo(f"\nbase vs tuned on held-out prompts ({result['prompt_set']}):")
+    for line in format_report(result):
+        click.echo(line)

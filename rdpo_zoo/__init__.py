@@ -43,6 +43,8 @@ _EXPORTS = {
     "temporary_registry": "rdpo_zoo.registry",
     "build_loss": "rdpo_zoo.registry",
     "merge_settings": "rdpo_zoo.registry",
+    "build_reward": "rdpo_zoo.registry",
+    "resolve_reward": "rdpo_zoo.registry",
     "Objective": "rdpo_zoo.registry",
     "UnknownPartError": "rdpo_zoo.registry",
     "DuplicatePartError": "rdpo_zoo.registry",

@@ -49,7 +49,7 @@ class RunSettings:
     checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0)
     keep_checkpoints: int = _field(2, "how many checkpoints to keep", min=1)
     resume: bool = _field(False, "continue from the latest checkpoint in output_dir")
-    eval_samples: int = _field(128, "prompt/seed pairs for base vs tuned at the end (0: skip; the eval prompts "
+    eval_samples: int = _field(256, "prompt/seed pairs for base vs tuned at the end (0: skip; the eval prompts "
                                "cycle, each pair with its own noise)", min=0)
     eval_batch_size: int = _field(32, "images per evaluation batch", min=1)
     mixed_precision: str = _field("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))

@@ -68,6 +68,8 @@ __all__ = [
     "DuplicatePartError",
     "PluginError",
     "Objective",
+    "build_reward",
+    "resolve_reward",
     "get_registry",
     "reset_registry",
     "temporary_registry",
@@ -457,6 +459,36 @@ def get_part(kind: str, name: str) -> Part:
 def list_parts(kind: Optional[str] = None) -> list:
     """Every registered part (of ``kind``)."""
     return get_registry().parts(kind)
+
+
+def resolve_reward(spec: str, options=None, registry: Optional[Registry] = None) -> list:
+    """The parts of a reward specification, checked before any compute: ``[(name, weight, part, typed_options)]``.
+
+    ``spec`` is a part name or ``NAME[:WEIGHT]+NAME[:WEIGHT]...``; ``options`` are ``KEY=VALUE`` settings (a dict), and
+    for a combination each key names its part (``world-aesthetic.KEY``). Unknown names, bad weights, duplicates and
+    bad options raise ``ValueError``/``LookupError`` naming them."""
+    from rdpo_zoo.rewards import parse_reward_spec, split_reward_options
+
+    registry = registry or get_registry()
+    parsed = parse_reward_spec(spec)
+    routed = split_reward_options([name for name, _ in parsed], options)
+    resolved = []
+    for name, weight in parsed:
+        part = registry.get("reward", name)
+        resolved.append((name, weight, part, part.parse_options(routed[name])))
+    return resolved
+
+
+def build_reward(spec: str, options=None, registry: Optional[Registry] = None):
+    """The reward of a specification: a plain name builds its part as it is; ``a+b:0.5`` (or ``a:2``) builds an
+    ``rdpo_zoo.rewards.CombinedReward`` of Σ weight · reward / scale (see :func:`resolve_reward`)."""
+    from rdpo_zoo.rewards import CombinedReward
+
+    resolved = resolve_reward(spec, options, registry)
+    built = [(name, weight, part.build(typed)) for name, weight, part, typed in resolved]
+    if len(built) == 1 and ":" not in spec:
+        return built[0][2]
+    return CombinedReward(built)
 
 
 # ------------------------------------------------------------------------------------------------- the loss

@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None, registry=None):
         from accelerate import Accelerator
 
-        from rdpo_zoo.registry import build_loss, get_registry
+        from rdpo_zoo.registry import build_loss, build_reward, get_registry
 
         self.config = config
         self.method, self.run = config.method, config.run
@@ -80,7 +80,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         self.output_dir = Path(run.output_dir)
-        self.reward = self.registry.get("reward", run.reward).build(run.reward_options)
+        self.reward = build_reward(run.reward, run.reward_options, self.registry)
         self.estimator = None
         if m["estimator"] is not None and m["rollout"] != "single":
             self.estimator = self.registry.get("estimator", m["estimator"]).build(m["estimator_options"])
@@ -124,7 +124,9 @@ class Trainer:
             raise ValueError(f"gradient_guidance: TailorPO-G guidance moves the preferred child of a branching "
                              f"rollout; rollout {rollout!r} has none (pass --gradient-guidance false or auto)")
         if wanted and not differentiable:
-            raise ValueError(f"reward: {self.run.reward!r} has no differentiable form, so it cannot drive the "
+            blocking = [n for n, _, r in getattr(self.reward, "parts", ()) if not r.differentiable]
+            what = (f"part {blocking[0]!r} of {self.run.reward!r}" if blocking else repr(self.run.reward))
+            raise ValueError(f"reward: {what} has no differentiable form, so it cannot drive the "
                              "gradient guidance this method uses (TailorPO-G); choose a differentiable reward or pass "
                              "--gradient-guidance false (or auto)")
         return bool(wanted)
@@ -409,10 +411,16 @@ class Trainer:
         self.lr_scheduler.step()
         t2 = time.perf_counter()
         rewards = acc.gather(result.final_rewards.to(acc.device).float())
+        parts = {}
+        if hasattr(self.reward, "part_scores") and result.final_images.numel():
+            with torch.no_grad():  # each part's raw value (its own unit), so a combination can be read apart
+                scores = self.reward.part_scores(result.final_images, result.prompts)
+            parts = {f"reward/{name}": float(acc.gather(v.to(acc.device)).mean()) for name, v in scores.items()}
         record = {
             "iteration": iteration + 1,
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            **parts,
             "pairs": int(acc.gather(torch.tensor([len(batch) if batch is not None else 0], device=acc.device)).sum()),
             "pairs_kept_fraction": result.stats.get("pairs_kept_fraction"),
             "unet_calls": result.stats.get("unet_calls"),  # the rollout's (sampling, estimating, guiding)
@@ -572,29 +580,40 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, n: Optional[int] = None) -> dict:
         """Base (adapter off) against tuned (adapter on) on ``n`` held-out prompt/seed pairs (the eval prompts
-        cycled), the same initial noise and sampling noise for both: mean ± s.e. of each and of the paired gain."""
-        from rdpo_zoo.evaluate import sample_rewards, save_comparison_grid, summary
+        cycled), the same initial noise and sampling noise for both: every world reward and the trained one, the
+        pixel checker, spread and the tuned model's KL to the base (``rdpo_zoo.evaluate.compare_models``), paired,
+        with standard errors. Writes ``eval.json`` and ``eval.png`` (base row above tuned, checker marks)."""
+        from rdpo_zoo.evaluate import checker_hits, compare_models, report_rewards, save_comparison_grid
 
         n = n or self.run.eval_samples
         prompts_all = self._prompt_set(self.run.eval_prompts)
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
         self.model.unet.eval()
-        rewards = {self.run.reward: self.reward}
-        shown = min(n, EVAL_GRID_IMAGES) if self.accelerator.is_main_process else 0
-        base_images, tuned_images = [], []
+        rewards, trained, notes = report_rewards(self.registry, self.run.reward, self.reward, prompts)
+        samples = {}
+        main = self.accelerator.is_main_process
         with self.accelerator.autocast():
-            base = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size,
-                                  reference=True, keep_images=shown, images=base_images)[self.run.reward]
-            tuned = sample_rewards(self.model, prompts, [self.run.seed], rewards, self.run.eval_batch_size,
-                                   keep_images=shown, images=tuned_images)[self.run.reward]
-        result = {"reward": self.run.reward, "prompts": self.run.eval_prompts, "n": n,
-                  "base": summary(base), "tuned": summary(tuned), "gain": summary(tuned - base)}
-        result["gain_over_se"] = result["gain"]["mean"] / result["gain"]["se"] if result["gain"]["se"] else float("nan")
-        if self.accelerator.is_main_process:
-            _atomic_write_text(self.output_dir / "eval.json", json.dumps(result, indent=2))
+            report = compare_models(self.model, prompts, [self.run.seed], rewards, trained,
+                                    self.run.eval_batch_size, notes=notes, keep=samples,
+                                    show_progress=main and not self.run.quiet)
+        report.update(reward=self.run.reward, prompt_set=self.run.eval_prompts)
+        if main:
+            _atomic_write_text(self.output_dir / "eval.json", json.dumps(report, indent=2))
             # look before trusting a gain: a reward can be hacked (base above, tuned below, same noise per column)
-            save_comparison_grid([base_images, tuned_images], self.output_dir / "eval.png")
-        return result
+            shown = min(n, EVAL_GRID_IMAGES)
+            rows = [samples["base"].images[:shown], samples["tuned"].images[:shown]]
+            marks = None
+            if "checker" in report:
+                marks = [checker_hits(r, prompts[:shown])["all"].bool().tolist() for r in rows]
+            save_comparison_grid(rows, self.output_dir / "eval.png", row_labels=["base", "tuned"],
+                                 column_labels=[_short_prompt(p) for p in prompts[:shown]], marks=marks)
+        return report
+
+
+def _short_prompt(prompt: str) -> str:
+    """A world prompt without its articles and 'background' (a grid column is ~20 characters wide)."""
+    words = [w for w in prompt.split() if w.lower() not in ("a", "an", "background")]
+    return " ".join(words)
 
 
 def _fsync_dir(folder: Path) -> None:
