@@ -25,8 +25,9 @@ def _ints(text: str, flag: str) -> list[int]:
 @click.option("--prompts", default="ood", show_default=True, help="A prompt set (train, ood, all) or a text file.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first LIMIT prompts.")
 @click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds; every prompt runs with each.")
-@click.option("--reward", default="world-aesthetic", show_default=True, help="The reward (a reward part).")
-@click.option("--reward-opt", multiple=True, metavar="KEY=VALUE", help="Options of the reward part.")
+@click.option("--reward", default="world-aesthetic", show_default=True, help="The reward: a part, or a combination NAME[:WEIGHT]+NAME[:WEIGHT]... (Σ weight·reward/scale).")
+@click.option("--reward-opt", multiple=True, metavar="[PART.]KEY=VALUE",
+              help="An option of the reward part; in a combination name the part: world-aesthetic.KEY=VALUE.")
 @click.option("--model", default="tiny", show_default=True, help="The model (a model part).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
 @click.option("--steps", default=None, help="Steps t of T at which to choose (default: every step).")
@@ -44,7 +45,8 @@ def best_of_n(estimators, n, prompts, limit, seeds, reward, reward_opt, model, m
     from rdpo_zoo.best_of_n import best_of_n as run
     from rdpo_zoo.cli.plugins_cmd import parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
-    from rdpo_zoo.registry import get_registry
+    from rdpo_zoo.parts import parse_assignments
+    from rdpo_zoo.registry import build_reward, get_registry
     from rdpo_zoo.world import prompt_set
 
     names = [e.strip() for e in estimators.split(",") if e.strip()]
@@ -57,7 +59,10 @@ def best_of_n(estimators, n, prompts, limit, seeds, reward, reward_opt, model, m
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--prompts") from None
     prompt_list = prompt_list[:limit] if limit else prompt_list
-    reward_obj = registry.get("reward", reward).build(parse_part_options("reward", reward, reward_opt))
+    try:
+        reward_obj = build_reward(reward, parse_assignments(list(reward_opt), where="--reward-opt"), registry)
+    except (ValueError, LookupError, OSError) as error:  # OSError: a learned reward's weights are missing
+        raise click.BadParameter(str(error), param_hint="--reward") from None
     pipe = registry.get("model", model).build(parse_part_options("model", model, model_opt))
     diffusion = DiffusionModel(pipe, eta=eta, num_steps=num_steps, guidance_scale=guidance_scale)
     step_list = _ints(steps, "--steps") if steps else None

@@ -13,8 +13,11 @@ import click
               help="A training run's folder (its lora/ is loaded; its model and sampling settings are the defaults).")
 @click.option("--model", default=None, help="The model part (default: the run's, else tiny).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
-@click.option("--reward", "rewards", default="world-aesthetic", show_default=True,
-              help="Comma-separated reward parts; every image is scored by each.")
+@click.option("--reward", "rewards", default=None,
+              help="Comma-separated rewards scored beside the world's (each a part or a combination "
+                   "NAME[:WEIGHT]+NAME[:WEIGHT]...) [default: the run's reward with --lora].")
+@click.option("--reward-opt", multiple=True, metavar="[PART.]KEY=VALUE",
+              help="An option of a reward part; in a combination name the part: world-aesthetic.KEY=VALUE.")
 @click.option("--prompts", default="ood", show_default=True, help="A prompt set (train, ood, all) or a text file.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first LIMIT prompts.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each prompt runs with each.")
@@ -28,15 +31,18 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
-def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_base, num_steps, eta, guidance_scale,
-             batch_size, json_path) -> None:
-    """Mean ± s.e. of every reward over prompts × seeds, for the base model or a trained LoRA (and its gain over
-    the base on identical noise)."""
+def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, seeds, compare_base, num_steps, eta,
+             guidance_scale, batch_size, json_path) -> None:
+    """Mean ± s.e. over prompts × seeds of every world reward, the pixel checker's accuracies and the spread of
+    samples within a prompt, for the base model or a trained LoRA; with the base compared (the default with
+    --lora): the paired gain on identical noise and the tuned model's KL to the base along its own chains. A star
+    marks what the run trained on. On prompts outside the world the checker and world-fidelity are skipped."""
     from rdpo_zoo.cli.best_of_n_cmd import _ints
     from rdpo_zoo.cli.plugins_cmd import parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
-    from rdpo_zoo.evaluate import evaluate_rewards
-    from rdpo_zoo.registry import get_registry
+    from rdpo_zoo.evaluate import compare_models, format_report, report_rewards
+    from rdpo_zoo.parts import OptionError, parse_assignments
+    from rdpo_zoo.registry import UnknownPartError, build_reward, get_registry
     from rdpo_zoo.trainer import LORA_WEIGHT_NAME
     from rdpo_zoo.world import prompt_set
 
@@ -52,6 +58,22 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
     registry = get_registry()
     model_options = parse_part_options("model", model, [f"{k}={v}" for k, v in options.items()] + list(model_opt))
+    try:
+        prompt_list = prompt_set(prompts)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--prompts") from None
+    prompt_list = prompt_list[:limit] if limit else prompt_list
+    trained_spec = run.get("reward") if run_dir is not None else None
+    specs = [r.strip() for r in rewards.split(",") if r.strip()] if rewards else []
+    try:
+        settings = parse_assignments(list(reward_opt), where="--reward-opt")
+        built = {spec: build_reward(spec, _options_for(spec, settings), registry) for spec in specs}
+        trained_reward = (build_reward(trained_spec, run.get("reward_options") or {}, registry)
+                          if trained_spec else None)
+    except (ValueError, UnknownPartError, OptionError, OSError) as error:  # OSError: a learned reward's weights
+        raise click.BadParameter(str(error), param_hint="--reward") from None
+    seed_list = _ints(seeds, "--seeds")
+    reward_objs, trained, notes = report_rewards(registry, trained_spec, trained_reward, prompt_list, built)
     pipe = registry.get("model", model).build(model_options)
     if run_dir is not None:
         pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
@@ -61,30 +83,27 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
         num_steps=num_steps or method.get("num_steps", 20),
         guidance_scale=guidance_scale or max(1.0, method.get("guidance_scale", 5.0)),
     )
-    names = [r.strip() for r in rewards.split(",") if r.strip()]
-    reward_objs = {name: registry.get("reward", name).build(parse_part_options("reward", name, ())) for name in names}
-    try:
-        prompt_list = prompt_set(prompts)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--prompts") from None
-    prompt_list = prompt_list[:limit] if limit else prompt_list
     compare = bool(run_dir) if compare_base is None else compare_base
-    result = evaluate_rewards(diffusion, prompt_list, _ints(seeds, "--seeds"), reward_objs, batch_size, compare)
-    result.update(model=model, lora=str(run_dir) if run_dir else None, prompt_set=prompts)
     label = f"{model} + LoRA {run_dir}" if run_dir else f"{model} (base)"
-    click.echo(f"{label}: {result['samples']} samples ({result['prompts']} prompts × seeds {result['seeds']})")
-    header = f"{'reward':<20} {'model':>10} {'± s.e.':>9}"
-    if compare:
-        header += f" {'base':>10} {'± s.e.':>9} {'gain':>10} {'± s.e.':>9}"
-    click.echo(header)
-    for name, row in result["rewards"].items():
-        main = row.get("tuned", row.get("model"))
-        line = f"{name:<20} {main['mean']:>10.4f} {main['se']:>9.4f}"
-        if compare:
-            line += (f" {row['base']['mean']:>10.4f} {row['base']['se']:>9.4f} {row['gain']['mean']:>10.4f} "
-                     f"{row['gain']['se']:>9.4f}")
+    click.echo(f"{label} on prompts {prompts}:")
+    result = compare_models(diffusion, prompt_list, seed_list, reward_objs, trained, batch_size, compare_base=compare,
+                            kl=compare and run_dir is not None, notes=notes, show_progress=True)
+    result.update(model=model, lora=str(run_dir) if run_dir else None, prompt_set=prompts)
+    for line in format_report(result):
         click.echo(line)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_path}")
+
+
+def _options_for(spec: str, options: dict) -> dict:
+    """The --reward-opt settings that belong to ``spec``: all of them for a plain name, its parts' for a combination
+    (``PART.KEY``)."""
+    from rdpo_zoo.rewards import parse_reward_spec
+
+    names = [name for name, _ in parse_reward_spec(spec)]
+    if len(names) == 1 and ":" not in spec:
+        return {k.split(".", 1)[1] if k.startswith(names[0] + ".") else k: v for k, v in options.items()
+                if "." not in k or k.startswith(names[0] + ".")}
+    return {k: v for k, v in options.items() if k.split(".", 1)[0] in names}

@@ -140,6 +140,12 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
 
 
 def _check_run(run: RunSettings) -> None:
+    from rdpo_zoo.registry import resolve_reward
+
+    try:  # names, weights and options of the reward, before any compute
+        resolve_reward(run.reward, run.reward_options)
+    except (ValueError, LookupError) as error:
+        raise click.BadParameter(str(error), param_hint="--reward") from None
     for f in run_setting_fields():
         meta, value = f.metadata, getattr(run, f.name)
         if "min" in meta and value is not None and value < meta["min"]:

@@ -29,8 +29,10 @@ class RunSettings:
 
     model: str = _field("tiny", "model part: tiny (the embedded default), sd15, sdxl, or diffusers (any id/path)")
     model_options: dict = _field(dict, "the model part's options (KEY=VALUE)")
-    reward: str = _field("world-aesthetic", "reward part that scores images (see `rdpo-zoo plugins`)")
-    reward_options: dict = _field(dict, "the reward part's options (KEY=VALUE)")
+    reward: str = _field("world-aesthetic", "the reward that scores images: a reward part (see `rdpo-zoo plugins`) or a "
+                         "combination NAME[:WEIGHT]+NAME[:WEIGHT]... scored Σ weight·reward/scale (e.g. "
+                         "world-fidelity+world-aesthetic:0.5); a --preset trains on this reward too")
+    reward_options: dict = _field(dict, "the reward's options, KEY=VALUE (in a combination PART.KEY=VALUE)")
     prompts: str = _field("train", "training prompts: a named set (train, ood, all: the embedded world's) or a text file")
     eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end")
     output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go")

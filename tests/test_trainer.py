@@ -253,7 +253,8 @@ def test_eval_and_plot_commands_on_a_trained_run(tmp_path):
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "eval.json").read_text())
     row = table["rewards"]["test-red"]
-    assert table["samples"] == 6 and row["tuned"]["n"] == 6 and row["gain"]["mean"] != 0.0
+    assert table["n"] == 6 and row["tuned"]["n"] == 6 and row["gain"]["mean"] != 0.0 and row["trained"]
+    assert table["kl"]["expected"]["mean"] > 0 and set(table["checker"]) >= {"colour", "all"}
     assert "test-tiny + LoRA" in result.output
     result = runner.invoke(main, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")])
     assert result.exit_code == 0, result.output
