@@ -53,3 +53,26 @@ def test_versioned_settings_enter_the_cache_key_only_where_used(monkeypatch):
     before = guided.digest(), plain.digest()
     monkeypatch.setitem(runs.SETTING_VERSIONS, "gradient_guidance", 999)
     assert guided.digest() != before[0] and plain.digest() == before[1]
+
+
+def test_every_cached_run_is_found_by_the_key_of_its_stored_spec():
+    """Changes to the package's settings (new fields, new defaults) must not orphan the study's cached runs. The
+    learning-rate pilot ran on an earlier snapshot of the embedded weights: its keys differ in ``weights`` alone."""
+    import hashlib
+
+    from benchmarks.paper.runs import RUNS, RunSpec
+
+    folders = [p for p in RUNS.iterdir() if (p / "spec.json").is_file()]
+    assert len(folders) > 50
+    other_weights = 0
+    for folder in folders:
+        stored = json.loads((folder / "spec.json").read_text())
+        spec = RunSpec.from_json(stored["spec"])
+        key = json.loads(json.dumps(spec.key(), default=str))
+        assert hashlib.sha256(json.dumps(stored["key"], sort_keys=True, default=str).encode()).hexdigest()[:16] \
+            == folder.name
+        if stored["key"]["weights"] != key["weights"]:
+            other_weights += 1
+            key["weights"] = stored["key"]["weights"]
+        assert key == stored["key"], folder.name
+    assert other_weights <= 6

@@ -42,6 +42,20 @@ STUDY_VERSION = 1  # bump when the meaning of every cached result changes
 #: σ_t·√D (commit f6f63c9); 1 was a raw step, ~200× smaller on the embedded model.
 SETTING_VERSIONS = {"gradient_guidance": 2}
 
+#: the run and method settings the cached keys were made with. A setting added to the package later enters a key only
+#: where a run sets it away from its default, so adding one keeps every cached run's key (its old behaviour is the
+#: default's); a test recomputes every cached key from its stored spec.
+KEYED_RUN_SETTINGS = (
+    "model", "model_options", "reward", "reward_options", "prompts", "eval_prompts", "output_dir", "iterations",
+    "prompts_per_iteration", "inner_epochs", "minibatch_size", "gradient_accumulation", "max_grad_norm", "weight_decay",
+    "warmup_iterations", "lora_rank", "lora_alpha", "lora_targets", "seed", "checkpoint_every", "keep_checkpoints",
+    "resume", "eval_samples", "eval_batch_size", "mixed_precision", "gradient_checkpointing", "kernel_backend",
+    "offline_pairs", "guidance_step", "gap_rule", "quiet")
+KEYED_METHOD_SETTINGS = (
+    "rollout", "num_candidates", "branch_start", "estimator", "estimator_options", "loss", "loss_options", "penalty",
+    "penalty_options", "reduction", "scheduler", "eta", "num_steps", "guidance_scale", "gradient_guidance",
+    "train_timesteps", "threshold", "learning_rate")
+
 #: The sampler every evaluation uses (the paper's: DDIM η = 1, T = 20, CFG 5), whatever the method trained with.
 EVAL_SAMPLER = {"sampler": "ddim", "eta": 1.0, "num_steps": 20, "guidance_scale": 5.0}
 ALL_REWARDS = ("world-aesthetic", "compressibility", "world-fidelity")
@@ -84,6 +98,7 @@ class RunSpec:
     def key(self) -> dict:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
+        _drop_new_defaults(config)
         config["run"].pop("output_dir")
         key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
                "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
@@ -112,6 +127,18 @@ class RunSpec:
         data["eval_seeds"] = tuple(data["eval_seeds"])
         data["eval_rewards"] = tuple(data["eval_rewards"])
         return RunSpec(**data)
+
+
+def _drop_new_defaults(config: dict) -> None:
+    """Leave out of a key the settings added after the cache was made, where they hold their defaults."""
+    from rdpo_zoo.config import RunSettings
+    from rdpo_zoo.registry import merge_settings
+
+    for section, keyed, defaults in (("run", KEYED_RUN_SETTINGS, dataclasses.asdict(RunSettings())),
+                                     ("method", KEYED_METHOD_SETTINGS, merge_settings(None, {}))):
+        for name in [n for n in config[section] if n not in keyed]:
+            if name in defaults and config[section][name] == defaults[name]:
+                del config[section][name]
 
 
 def is_done(spec: RunSpec) -> bool:
