@@ -408,10 +408,15 @@ def rollout_trajectory_pairs(
 
 
 def rollout_single(
-    model: DiffusionModel, cond: Conditioning, reward: Reward, steps: Sequence[int], generator: torch.Generator
+    model: DiffusionModel, cond: Conditioning, reward: Reward, steps: Sequence[int], generator: torch.Generator,
+    reduction: str = "mean",
 ) -> RolloutResult:
     """DDPO: one trajectory per sample; the chosen steps are stored with log π_old(y | x_t), computed from the
-    drawn noise: log N(y; μ, σ²) = −ξ²/2 − log σ − ½·log 2π per element (mean over D)."""
+    drawn noise: log N(y; μ, σ²) = −ξ²/2 − log σ − ½·log 2π per element, reduced over D by ``reduction`` (the
+    loss's own: the PPO ratio exp(log π_θ − log π_old) needs both sides reduced alike)."""
+    from rdpo_zoo.reference import check_reduction
+
+    check_reduction(reduction)
     _check_common(model, cond, reward, None)
     chosen = check_train_steps(model, steps)
     B, prompts = len(cond), list(cond.prompts)
@@ -425,7 +430,8 @@ def rollout_single(
             x_next = children[:, 0]
             if index in chosen:
                 sigma = float(model.coefficients(index)[2])
-                log_prob = (-0.5 * noise[:, 0].flatten(1) ** 2).mean(1) - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+                elementwise = -0.5 * noise[:, 0].flatten(1) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+                log_prob = elementwise.mean(1) if reduction == "mean" else elementwise.sum(1)
                 records.append((x, x_next, index, log_prob))
             x = x_next
         images = model.decode(x)

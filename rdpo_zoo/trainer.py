@@ -256,7 +256,8 @@ class Trainer:
                 return rollout_trajectory_pairs(self.model, cond, self.reward, self.estimator, self.train_steps,
                                                 generator, threshold=threshold, gap_rule=run.gap_rule)
             if rollout == "single":
-                return rollout_single(self.model, cond, self.reward, self.train_steps, generator)
+                return rollout_single(self.model, cond, self.reward, self.train_steps, generator,
+                                      reduction=m["reduction"])
             if rollout == "noised-pairs":
                 from rdpo_zoo.noised_pairs import rollout_noised_pairs
 

@@ -186,6 +186,12 @@ def test_single_trajectories_store_the_sampler_log_prob(model, cond):
     a, b, sigma = model.coefficients(model.step_index(6))
     recomputed = step_log_prob(samples.y[first], samples.x_t[first], o, a, b, sigma)
     torch.testing.assert_close(samples.log_prob[first], recomputed, rtol=1e-4, atol=1e-4)
+    # ... with the loss's reduction: summed over D it is the exact log-likelihood, D times the mean's
+    summed = rollout_single(model, cond, RedReward(), [6, 2], _gen(), reduction="sum").samples
+    recomputed = step_log_prob(summed.y[first], summed.x_t[first], o, a, b, sigma, reduction="sum")
+    torch.testing.assert_close(summed.log_prob[first], recomputed, rtol=1e-4, atol=1e-2)
+    with pytest.raises(ValueError, match="reduction"):
+        rollout_single(model, cond, RedReward(), [6, 2], _gen(), reduction="max")
 
 
 def test_steps_without_a_likelihood_are_refused():

@@ -52,6 +52,17 @@ def test_log_ratios_are_exactly_zero_at_initialisation(tmp_path):
     assert torch.all(r == 0)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ddpo_ratio_is_exactly_one_before_the_first_update_with_either_reduction(tmp_path, reduction):
+    """The sampler's stored log-prob and the loss's recomputed one are reduced alike (a sum against a mean made the
+    PPO ratio exp(sum − mean))."""
+    trainer = Trainer(small_config(tmp_path, "ddpo", reduction=reduction))
+    result = trainer.rollout(0)
+    advantages = trainer.advantages(result.prompts, result.final_rewards)
+    _, log_ratio = trainer.sample_loss(result.samples, advantages)
+    torch.testing.assert_close(log_ratio, torch.zeros_like(log_ratio), atol=2e-3, rtol=0)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_a_few_steps_of_every_preset_raise_its_margin(tmp_path, preset):
     trainer = Trainer(small_config(tmp_path, preset, learning_rate=3e-3, max_grad_norm=0.0))
