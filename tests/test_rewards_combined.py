@@ -113,3 +113,18 @@ def test_each_part_is_logged_and_the_kl_is_zero_at_initialisation_then_positive(
         trainer.optimise(trainer.rollout(1).pairs, iteration=1)
     after = compare_models(trainer.model, prompts, [0], rewards, batch_size=3)
     assert after["kl"]["expected"]["mean"] > 0
+
+
+def test_prompts_outside_the_world_skip_the_checker_with_a_note(tmp_path):
+    from rdpo_zoo.evaluate import compare_models, format_report, report_rewards
+    from rdpo_zoo.registry import get_registry
+    from rdpo_zoo.trainer import Trainer
+
+    trainer = Trainer(small_config(tmp_path, reward="world-fidelity+test-red"))
+    prompts = ["a photo of a cat", "a watercolour of a lighthouse"]
+    rewards, trained, notes = report_rewards(get_registry(), trainer.run.reward, trainer.reward, prompts)
+    assert set(rewards) == {"world-aesthetic", "compressibility"} and trained == []
+    assert any("checker skipped" in n for n in notes) and any("reads world prompts" in n for n in notes)
+    report = compare_models(trainer.model, prompts * 2, [0], rewards, trained, batch_size=4, notes=notes)
+    assert "checker" not in report and report["pixel_spread"]["base"]["n"] == 2
+    assert any("note: checker skipped" in line for line in format_report(report))
