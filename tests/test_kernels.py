@@ -594,8 +594,16 @@ def test_nan_propagates_like_the_reference(opts, where):
 
 
 def test_nan_in_log_ratios_only_alone():
-    r_ok = K.paired_log_ratios(*_simple(2, 8), 0.5, 1.0, 0.5, backend="triton")
-    assert torch.isfinite(r_ok).all()
+    """A NaN in one branch's inputs makes that branch's log-ratio NaN and leaves every other entry as it was."""
+    y, x, ot, orf = _simple(3, 8)
+    clean = K.paired_log_ratios(y, x, ot.detach(), orf, 0.5, 1.0, 0.5, backend="triton")
+    y = y.clone()
+    y[1, 0, 3] = float("nan")
+    r = K.paired_log_ratios(y, x, ot.detach(), orf, 0.5, 1.0, 0.5, backend="triton")
+    assert torch.isnan(r[1, 0]) and torch.isfinite(clean).all()
+    others = torch.ones(3, 2, dtype=torch.bool)
+    others[1, 0] = False
+    assert torch.equal(r[others], clean[others])
 
 
 def test_interpreter_nan_semantics_measured():
