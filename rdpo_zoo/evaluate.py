@@ -325,7 +325,7 @@ def compare_models(model: DiffusionModel, prompts: Sequence[str], seeds: Sequenc
                               "change": summary(spread_t - spread_b)} if compare_base else {"model": summary(spread_t)})
         return row
 
-    report = {"n": len(all_prompts), "prompts": len(prompts), "seeds": list(seeds), "compare_base": compare_base,
+    report = {"n": len(all_prompts), "prompts": len(set(prompts)), "seeds": list(seeds), "compare_base": compare_base,
               "trained_on": list(trained), "notes": list(notes), "rewards": {}}
     grouped = len(_by_prompt(all_prompts)) > 0
     for name in rewards:
@@ -350,7 +350,7 @@ def compare_models(model: DiffusionModel, prompts: Sequence[str], seeds: Sequenc
 def format_report(report: dict) -> list[str]:
     """The report as text lines: one row per figure, ``*`` marking what the run trained on."""
     compare = report["compare_base"]
-    lines = [f"{report['n']} samples ({report['prompts']} prompts × seeds {report['seeds']})"
+    lines = [f"{report['n']} samples ({report['prompts']} distinct prompts, seeds {report['seeds']})"
              + (", base vs tuned on the same noise; gain paired, ± 1 s.e." if compare else "")]
     width = max([26] + [len(name) + 11 for name in report["rewards"]])
     head = f"  {'figure':<{width}} {'base':>16} {'tuned':>16} {'gain':>18}" if compare else \

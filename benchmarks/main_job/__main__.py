@@ -104,7 +104,7 @@ def report(stage: str) -> str:
             lines.append(f"| {seed} | {c['base']['mean']:.3f} → {c['tuned']['mean']:.3f} | {g(('checker', 'all'))} | "
                          f"{ratio:.1f} | {g(('rewards', 'world-fidelity'))} | {g(('rewards', 'world-aesthetic'))} | "
                          f"{g(('checker', 'colour'))} | {g(('checker', 'shape'))} | {g(('checker', 'background'))} | "
-                         f"{r['kl']['expected']['mean']:.4f} | {r['pixel_spread']['change']['mean']:+.3f} |")
+                         f"{r['kl']['expected']['mean']:.4f} | {r['pixel_spread']['gain']['mean']:+.3f} |")
         if len(reports) == len(seeds):
             trained = set(reports[0][1]["trained_on"])
             wins = all(r["checker"]["all"]["gain"]["mean"] > 2 * r["checker"]["all"]["gain"]["se"] for _, r in reports)
