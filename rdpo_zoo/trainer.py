@@ -62,6 +62,11 @@ def _seed_for(*parts: int) -> int:
     return value
 
 
+#: The stream of the LoRA's initialisation, apart from the per-iteration streams (whose first part, the iteration,
+#: is never negative); the same on every process.
+LORA_INIT_STREAM = -1
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs :meth:`train`."""
 
@@ -177,8 +182,12 @@ class Trainer:
                 module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
         unet = pipe.unet
         targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()]
-        unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
-                                    target_modules=targets))
+        # peft draws the initial LoRA from torch's global generator: seed it from the run's seed for the draw only
+        # (unseeded, two runs with one seed started from different LoRAs), and leave the caller's stream as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(_seed_for(run.seed, LORA_INIT_STREAM))
+            unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
+                                        target_modules=targets))
         for p in unet.parameters():  # LoRA in fp32 under mixed precision (diffusers' cast_training_params)
             if p.requires_grad:
                 p.data = p.data.float()
