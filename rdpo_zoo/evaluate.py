@@ -8,6 +8,7 @@ tuned model (adapter off and on) are compared on identical initial noise and sam
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -95,5 +96,7 @@ def save_comparison_grid(rows: Sequence[Sequence[torch.Tensor]], path, scale: in
     picture = Image.fromarray(array)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path = Path(path)
-    picture.save(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # written whole, then renamed: never a torn PNG
+    picture.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    os.replace(tmp, path)
     return path
