@@ -10,7 +10,8 @@ import click
 
 @click.command("eval")
 @click.option("--lora", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A training run's folder (its lora/ is loaded; its model and sampling settings are the defaults).")
+              help="A training run's folder (its newest checkpoint's LoRA, also on an unfinished run) or one of its "
+                   "checkpoint-N folders; the run's model and sampling settings are the defaults.")
 @click.option("--model", default=None, help="The model part (default: the run's, else tiny).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
 @click.option("--reward", "rewards", default="world-aesthetic", show_default=True,
@@ -37,16 +38,17 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.evaluate import evaluate_rewards
     from rdpo_zoo.registry import get_registry
-    from rdpo_zoo.trainer import LORA_WEIGHT_NAME
+    from rdpo_zoo.run_folder import LORA_WEIGHT_NAME, find_lora
     from rdpo_zoo.world import prompt_set
 
-    run_config = {}
+    run_config, lora = {}, None
     if run_dir is not None:
-        if not (run_dir / "lora" / LORA_WEIGHT_NAME).is_file():
-            raise click.BadParameter(f"{run_dir} has no lora/{LORA_WEIGHT_NAME} (is it a finished training run?)",
-                                     param_hint="--lora")
-        if (run_dir / "config.json").is_file():
-            run_config = json.loads((run_dir / "config.json").read_text())
+        try:
+            lora = find_lora(run_dir)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--lora") from None
+        run_config = lora.run_config
+        click.echo(f"LoRA: {lora.description}")
     method, run = run_config.get("method", {}), run_config.get("run", {})
     model = model or run.get("model", "tiny")
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
@@ -54,7 +56,7 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     model_options = parse_part_options("model", model, [f"{k}={v}" for k, v in options.items()] + list(model_opt))
     pipe = registry.get("model", model).build(model_options)
     if run_dir is not None:
-        pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
+        pipe.load_lora_weights(str(lora.folder), weight_name=LORA_WEIGHT_NAME)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler") or "ddim",
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
@@ -70,8 +72,8 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     prompt_list = prompt_list[:limit] if limit else prompt_list
     compare = bool(run_dir) if compare_base is None else compare_base
     result = evaluate_rewards(diffusion, prompt_list, _ints(seeds, "--seeds"), reward_objs, batch_size, compare)
-    result.update(model=model, lora=str(run_dir) if run_dir else None, prompt_set=prompts)
-    label = f"{model} + LoRA {run_dir}" if run_dir else f"{model} (base)"
+    result.update(model=model, lora=str(lora.folder) if lora else None, prompt_set=prompts)
+    label = f"{model} + LoRA {lora.folder}" if lora else f"{model} (base)"
     click.echo(f"{label}: {result['samples']} samples ({result['prompts']} prompts × seeds {result['seeds']})")
     header = f"{'reward':<20} {'model':>10} {'± s.e.':>9}"
     if compare:

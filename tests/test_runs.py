@@ -156,3 +156,34 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume_with_a_warning(tmp_path, 
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
     with pytest.raises(TrainingError, match=r"metrics.jsonl line 2 is not JSON"):
         Trainer(small_config(run, iterations=4, resume=True)).train()
+
+
+def test_an_interrupted_run_is_evaluated_from_its_newest_checkpoint_or_any_checkpoint(tmp_path, monkeypatch):
+    from rdpo_zoo.cli import main
+
+    run = tmp_path / "run"
+    trainer = Trainer(small_config(run, iterations=3, learning_rate=3e-3))
+    original = trainer.step
+
+    def interrupted(iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return original(iteration)
+
+    monkeypatch.setattr(trainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert latest_checkpoint(run).name == "checkpoint-000002"
+    # lora/ is refreshed at every checkpoint: the interrupted run has one, the newest checkpoint's
+    assert (run / "lora" / LORA_WEIGHT_NAME).read_bytes() == (run / "checkpoint-000002" / LORA_WEIGHT_NAME).read_bytes()
+    runner = CliRunner()
+    tuned = {}
+    for name, target in (("run", run), ("2", run / "checkpoint-000002"), ("1", run / "checkpoint-000001")):
+        out = tmp_path / f"eval-{name}.json"
+        result = runner.invoke(main, ["eval", "--lora", str(target), "--reward", "test-red", "--limit", "2",
+                                      "--seeds", "0", "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        tuned[name] = json.loads(out.read_text())["rewards"]["test-red"]["tuned"]["mean"]
+        if name == "run":
+            assert "checkpoint-000002 (its newest checkpoint: iteration 2 of 3; the run is unfinished)" in result.output
+    assert tuned["run"] == tuned["2"] != tuned["1"]
