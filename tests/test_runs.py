@@ -187,3 +187,32 @@ def test_an_interrupted_run_is_evaluated_from_its_newest_checkpoint_or_any_check
         if name == "run":
             assert "checkpoint-000002 (its newest checkpoint: iteration 2 of 3; the run is unfinished)" in result.output
     assert tuned["run"] == tuned["2"] != tuned["1"]
+
+
+def test_the_readme_loads_a_trained_lora_in_diffusers(tmp_path, monkeypatch):
+    """The README's block, run as written (on a LoRA of the embedded model with non-zero weights), gives the trained
+    UNet."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(.*?load_lora_weights.*?)```", readme, re.S).group(1)
+    trainer = Trainer(small_config(tmp_path / "runs" / "quickstart", model="tiny"))
+    with torch.no_grad():
+        for name, p in trainer._unwrapped_unet().named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    trainer.save_lora(trainer.output_dir / "lora")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert (tmp_path / "tuned.png").stat().st_size > 0
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    hidden = trainer.model.encode(["a small green circle on a white background"]).cond
+    with torch.no_grad():
+        trained = trainer.model.unet(x, t, encoder_hidden_states=hidden).sample
+        loaded = namespace["pipe"].unet(x, t, encoder_hidden_states=hidden).sample
+        with trainer.model.reference():
+            base = trainer.model.unet(x, t, encoder_hidden_states=hidden).sample
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=0)
