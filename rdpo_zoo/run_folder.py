@@ -60,6 +60,8 @@ def check_run_folder(folder, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise RunFolderError("resume, overwrite: --resume continues the run in the folder and --overwrite removes it; "
                              "pass one of them")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise RunFolderError(f"output_dir: expected a folder, got the file {folder}")
     if resume or overwrite:
         return
     found = run_entries(folder)
@@ -108,6 +110,13 @@ def _plain(data: dict) -> dict:
     return json.loads(json.dumps(data, default=str))  # as config.json holds it (tuples → lists, paths → str)
 
 
+_UNSET = object()
+
+
+def _shown(settings: dict, name: str) -> str:
+    return repr(settings[name]) if name in settings else "(not set)"
+
+
 def settings_changes(stored: dict, requested: dict) -> tuple[list[str], list[str]]:
     """The differences between a stored run configuration (``TrainConfig.to_dict()``, e.g. ``config.json``) and a
     requested one, as ``"run.iterations: 2 → 3"`` lines: ``(allowed, refused)``, where allowed are the run settings
@@ -122,11 +131,9 @@ def settings_changes(stored: dict, requested: dict) -> tuple[list[str], list[str
         for name in sorted(set(old) | set(new)):
             if name == "resume" and section == "run":
                 continue  # the instruction to resume, not a setting of the run
-            missing = "(not set)"
-            before, after = old.get(name, missing), new.get(name, missing)
-            if before == after:
+            if old.get(name, _UNSET) == new.get(name, _UNSET):
                 continue
-            line = f"{section}.{name}: {before!r} → {after!r}"
+            line = f"{section}.{name}: {_shown(old, name)} → {_shown(new, name)}"
             (allowed if section == "run" and name in resumable else refused).append(line)
     return allowed, refused
 

@@ -122,6 +122,21 @@ def test_resume_with_other_settings_is_refused_before_any_write_and_resumable_on
     assert [r["iteration"] for r in _metrics(run)] == [1, 2]
 
 
+def test_settings_changes_sort_resumable_from_refused_and_a_file_is_no_output_dir(tmp_path):
+    from rdpo_zoo.run_folder import check_run_folder, settings_changes
+
+    stored = small_config(tmp_path).to_dict()
+    requested = small_config(tmp_path / "moved", iterations=9, quiet=False, seed=3, eta=0.5).to_dict()
+    del stored["run"]["gap_rule"]  # a setting an older version did not record
+    allowed, refused = settings_changes(stored, requested)
+    assert allowed == ["run.iterations: 2 → 9", f"run.output_dir: {str(tmp_path)!r} → {str(tmp_path / 'moved')!r}",
+                       "run.quiet: True → False"]
+    assert refused == ["method.eta: 1.0 → 0.5", "run.gap_rule: (not set) → 'raw'", "run.seed: 0 → 3"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFolderError, match="output_dir: expected a folder, got the file"):
+        check_run_folder(tmp_path / "file", resume=False, overwrite=False)
+
+
 def test_a_truncated_training_state_falls_back_to_the_previous_intact_checkpoint(tmp_path, caplog):
     straight = Trainer(small_config(tmp_path / "straight", iterations=3, learning_rate=1e-3))
     straight.train()
