@@ -16,7 +16,9 @@ but for the resumable ones) or overwritten: see :mod:`rdpo_zoo.run_folder`.
 
 Every random draw comes from a generator seeded from ``seed``: the LoRA's initialisation, each iteration's prompts and
 sampling noise, the minibatch order, the noised pairs' t and ε, the evaluation's noise. Two runs with the same
-settings and thread count on one machine give bit-identical LoRAs, optimiser states and metrics (timings aside).
+settings and thread count on one machine give bit-identical LoRAs, optimiser states and metrics (timings aside;
+checked on the CPU: on a GPU, cuDNN's and attention's backward kernels may be non-deterministic unless torch is told
+``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
