@@ -11,7 +11,6 @@ only those, are what ``--overwrite`` removes: other files in the folder are the 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ __all__ = ["LORA_WEIGHT_NAME", "CHECKPOINT_PREFIX", "RunFolderError", "run_entri
            "remove_run_files", "complete_checkpoints", "latest_checkpoint", "settings_changes", "LoraSource",
            "check_resumed_settings", "find_lora", "atomic_write_text"]
 
-logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -57,7 +57,6 @@ class TrainingError(RuntimeError):
     names the step and the files."""
 
 
-
 def _seed_for(*parts: int) -> int:
     value = 0x9E3779B1
     for part in parts:
