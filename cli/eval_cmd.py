@@ -10,7 +10,8 @@ import click
 
 @click.command("eval")
 @click.option("--lora", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A training run's folder (its lora/ is loaded; its model and sampling settings are the defaults).")
+              help="A training run's folder (its newest checkpoint's LoRA, also on an unfinished run) or one of its "
+                   "checkpoint-N folders; the run's model and sampling settings are the defaults.")
 @click.option("--model", default=None, help="The model part (default: the run's, else tiny).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
 @click.option("--reward", "rewards", default=None,
@@ -43,16 +44,17 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     from rdpo_zoo.evaluate import compare_models, format_report, report_rewards
     from rdpo_zoo.parts import OptionError, parse_assignments
     from rdpo_zoo.registry import UnknownPartError, build_reward, get_registry
-    from rdpo_zoo.trainer import LORA_WEIGHT_NAME
+    from rdpo_zoo.run_folder import LORA_WEIGHT_NAME, find_lora
     from rdpo_zoo.world import prompt_set
 
-    run_config = {}
+    run_config, lora = {}, None
     if run_dir is not None:
-        if not (run_dir / "lora" / LORA_WEIGHT_NAME).is_file():
-            raise click.BadParameter(f"{run_dir} has no lora/{LORA_WEIGHT_NAME} (is it a finished training run?)",
-                                     param_hint="--lora")
-        if (run_dir / "config.json").is_file():
-            run_config = json.loads((run_dir / "config.json").read_text())
+        try:
+            lora = find_lora(run_dir)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--lora") from None
+        run_config = lora.run_config
+        click.echo(f"LoRA: {lora.description}")
     method, run = run_config.get("method", {}), run_config.get("run", {})
     model = model or run.get("model", "tiny")
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
@@ -63,7 +65,7 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--prompts") from None
     prompt_list = prompt_list[:limit] if limit else prompt_list
-    trained_spec = run.get("reward") if run_dir is not None else None
+    trained_spec = run.get("reward") if lora is not None else None
     specs = [r.strip() for r in rewards.split(",") if r.strip()] if rewards else []
     try:
         settings = parse_assignments(list(reward_opt), where="--reward-opt")
@@ -76,7 +78,7 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     reward_objs, trained, notes = report_rewards(registry, trained_spec, trained_reward, prompt_list, built)
     pipe = registry.get("model", model).build(model_options)
     if run_dir is not None:
-        pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
+        pipe.load_lora_weights(str(lora.folder), weight_name=LORA_WEIGHT_NAME)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler") or "ddim",
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
@@ -84,11 +86,11 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
         guidance_scale=guidance_scale or max(1.0, method.get("guidance_scale", 5.0)),
     )
     compare = bool(run_dir) if compare_base is None else compare_base
-    label = f"{model} + LoRA {run_dir}" if run_dir else f"{model} (base)"
+    label = f"{model} + LoRA {lora.folder}" if lora else f"{model} (base)"
     click.echo(f"{label} on prompts {prompts}:")
     result = compare_models(diffusion, prompt_list, seed_list, reward_objs, trained, batch_size, compare_base=compare,
-                            kl=compare and run_dir is not None, notes=notes, show_progress=True)
-    result.update(model=model, lora=str(run_dir) if run_dir else None, prompt_set=prompts)
+                            kl=compare and lora is not None, notes=notes, show_progress=True)
+    result.update(model=model, lora=str(lora.folder) if lora else None, prompt_set=prompts)
     for line in format_report(result):
         click.echo(line)
     if json_path is not None:

@@ -25,6 +25,9 @@ class RunSettings:
     """Everything about a run that is not the method: model, reward, LoRA, optimiser, budget, outputs.
 
     Each field's ``help`` is the CLI's help text (the options are generated from this class, so they cannot drift).
+    ``resumable=True`` marks the settings a resumed run may change (the budget, checkpointing, evaluation, logging);
+    any other difference from the stored configuration is refused. ``recorded=False`` marks an instruction to one
+    invocation, not a setting of the run: it is left out of ``config.json`` (and of the paper study's cache keys).
     """
 
     model: str = _field("tiny", "model part: tiny (the embedded default), sd15, sdxl, or diffusers (any id/path)")
@@ -34,9 +37,10 @@ class RunSettings:
                          "world-fidelity+world-aesthetic:0.5); a --preset trains on this reward too")
     reward_options: dict = _field(dict, "the reward's options, KEY=VALUE (in a combination PART.KEY=VALUE)")
     prompts: str = _field("train", "training prompts: a named set (train, ood, all: the embedded world's) or a text file")
-    eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end")
-    output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go")
-    iterations: int = _field(40, "rollout + optimisation rounds", min=1)
+    eval_prompts: str = _field("ood", "held-out prompts for the base-vs-tuned evaluation at the end", resumable=True)
+    output_dir: str = _field("runs/train", "where config.json, metrics.jsonl, checkpoints, lora/ and eval.json go",
+                             resumable=True)  # the folder may have moved
+    iterations: int = _field(40, "rollout + optimisation rounds", min=1, resumable=True)
     prompts_per_iteration: int = _field(8, "prompts sampled per rollout (per process)", min=1)
     inner_epochs: int = _field(1, "passes over each rollout's pairs", min=1)
     minibatch_size: int = _field(16, "pairs per optimiser minibatch", min=1)
@@ -47,13 +51,17 @@ class RunSettings:
     lora_rank: int = _field(4, "LoRA rank (D3PO/SPO code: 4)", min=1)
     lora_alpha: float = _field(4.0, "LoRA alpha (scale = alpha / rank)", min=0.0)
     lora_targets: str = _field("to_q,to_k,to_v,to_out.0", "comma-separated UNet module names that get LoRA")
-    seed: int = _field(0, "seed of prompts, noise and shuffling (a resumed run continues the same streams)")
-    checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0)
-    keep_checkpoints: int = _field(2, "how many checkpoints to keep", min=1)
-    resume: bool = _field(False, "continue from the latest checkpoint in output_dir")
+    seed: int = _field(0, "seed of every random draw: LoRA initialisation, prompts, noise, pair shuffling, evaluation "
+                          "(a resumed run continues the same streams)")
+    checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0, resumable=True)
+    keep_checkpoints: int = _field(2, "how many checkpoints to keep", min=1, resumable=True)
+    resume: bool = _field(False, "continue the run in output_dir from its newest intact checkpoint (its settings "
+                                 "must match, but for iterations, checkpointing, evaluation and logging)", resumable=True)
+    overwrite: bool = _field(False, "start afresh in an output_dir that holds a run, removing the files a run writes "
+                                    "there (and no others)", recorded=False)
     eval_samples: int = _field(256, "prompt/seed pairs for base vs tuned at the end (0: skip; the eval prompts "
-                               "cycle, each pair with its own noise)", min=0)
-    eval_batch_size: int = _field(32, "images per evaluation batch", min=1)
+                               "cycle, each pair with its own noise)", min=0, resumable=True)
+    eval_batch_size: int = _field(32, "images per evaluation batch", min=1, resumable=True)
     mixed_precision: str = _field("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward (saves memory)")
     kernel_backend: Optional[str] = _field(None, "force the log-ratio kernels' backend: triton or reference",
@@ -64,7 +72,7 @@ class RunSettings:
                                   min=0.0)
     gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
                            choices=("raw", "softmax"))
-    quiet: bool = _field(False, "no progress bars or per-iteration lines")
+    quiet: bool = _field(False, "no progress bars or per-iteration lines", resumable=True)
 
 
 def _default(f: dataclasses.Field):
@@ -82,7 +90,9 @@ class TrainConfig:
     preset: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset, "method": self.method, "run": dataclasses.asdict(self.run)}
+        recorded = {f.name for f in dataclasses.fields(self.run) if f.metadata.get("recorded", True)}
+        run = {name: value for name, value in dataclasses.asdict(self.run).items() if name in recorded}
+        return {"preset": self.preset, "method": self.method, "run": run}
 
     @staticmethod
     def from_dict(data: dict) -> "TrainConfig":

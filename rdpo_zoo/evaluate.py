@@ -8,6 +8,7 @@ tuned model (adapter off and on) are compared on identical initial noise and sam
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -129,7 +130,9 @@ def save_comparison_grid(rows: Sequence[Sequence[torch.Tensor]], path, scale: in
             draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + cell_h - 1], outline=(0, 170, 0) if ok else (220, 0, 0),
                            width=2)
     path = Path(path)
-    picture.save(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # written whole, then renamed: never a torn PNG
+    picture.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    os.replace(tmp, path)
     return path
 
 

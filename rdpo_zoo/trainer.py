@@ -9,8 +9,16 @@ flags (``rdpo_zoo.registry.merge_settings``); run settings (model, reward, LoRA,
 :class:`RunSettings`. Outputs under ``output_dir``: ``config.json`` (the resolved configuration),
 ``metrics.jsonl`` (one line per iteration), ``checkpoint-NNNNNN/`` (the LoRA in diffusers' format plus the
 optimiser, scheduler and step state; written to a temporary folder and renamed, so a crash never corrupts the last
-good one), ``lora/`` (the final LoRA, loadable with ``pipe.load_lora_weights(dir,
-weight_name="pytorch_lora_weights.safetensors")``) and ``eval.json`` (base against tuned on held-out prompts).
+good one), ``lora/`` (the newest checkpoint's LoRA, refreshed at every checkpoint, loadable with
+``pipe.load_lora_weights(dir, weight_name="pytorch_lora_weights.safetensors")``) and ``eval.json`` (base against
+tuned on held-out prompts). A folder that holds a run is refused unless the run is resumed (with the same settings
+but for the resumable ones) or overwritten: see :mod:`rdpo_zoo.run_folder`.
+
+Every random draw comes from a generator seeded from ``seed``: the LoRA's initialisation, each iteration's prompts and
+sampling noise, the minibatch order, the noised pairs' t and ε, the evaluation's noise. Two runs with the same
+settings and thread count on one machine give bit-identical LoRAs, optimiser states and metrics (timings aside;
+checked on the CPU: on a GPU, cuDNN's and attention's backward kernels may be non-deterministic unless torch is told
+``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
@@ -33,26 +41,20 @@ __all__ = ["RunSettings", "TrainConfig", "Trainer", "TrainingError", "train", "l
            "LORA_WEIGHT_NAME", "parse_train_timesteps"]
 
 from rdpo_zoo.config import RunSettings, TrainConfig, parse_train_timesteps  # noqa: E402
+from rdpo_zoo.run_folder import (  # noqa: E402
+    CHECKPOINT_PREFIX, LORA_WEIGHT_NAME, RunFolderError, check_resumed_settings, check_run_folder,
+    complete_checkpoints, latest_checkpoint, remove_run_files,
+)
+from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa: E402
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-CHECKPOINT_PREFIX = "checkpoint-"
 PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
 #: base-vs-tuned image pairs drawn into eval.png at the end of a run
 EVAL_GRID_IMAGES = 16
 
 
 class TrainingError(RuntimeError):
-    """Training stopped (a non-finite loss, say); the message names the step, the pairs and the last checkpoint."""
-
-
-def latest_checkpoint(output_dir) -> Optional[Path]:
-    """The newest complete checkpoint folder (temporary ones are never complete: they are renamed when done)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-                   and (p / "training_state.pt").is_file())
-    return found[-1] if found else None
+    """Training stopped or cannot continue (a non-finite loss, no intact checkpoint to resume from); the message
+    names the step and the files."""
 
 
 def _seed_for(*parts: int) -> int:
@@ -60,6 +62,11 @@ def _seed_for(*parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + int(part) + 0x7F4A7C15) % (2**63 - 1)
     return value
+
+
+#: The stream of the LoRA's initialisation, apart from the per-iteration streams (whose first part, the iteration,
+#: is never negative); the same on every process.
+LORA_INIT_STREAM = -1
 
 
 class Trainer:
@@ -80,6 +87,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         self.output_dir = Path(run.output_dir)
+        self._check_output_dir()
         self.reward = build_reward(run.reward, run.reward_options, self.registry)
         self.estimator = None
         if m["estimator"] is not None and m["rollout"] != "single":
@@ -110,6 +118,23 @@ class Trainer:
         self._tensorboard = None
 
     # ---------------------------------------------------------------------------------------------- setup
+    def _check_output_dir(self) -> None:
+        """Before any compute or write: a folder that holds a run is refused unless resumed or overwritten, and a
+        resumed run's settings must be those stored in its ``config.json`` but for the resumable ones (named in the
+        log). Reads only; every process checks, and :meth:`train` writes nothing before all have."""
+        run = self.run
+        check_run_folder(self.output_dir, run.resume, run.overwrite)
+        stored = self.output_dir / "config.json"
+        if run.resume and stored.is_file():
+            try:
+                data = json.loads(stored.read_text())
+            except ValueError as error:
+                raise RunFolderError(f"resume: {stored} is not readable JSON ({error}); the run's settings cannot "
+                                     "be checked (start afresh with --overwrite)") from None
+            changed = check_resumed_settings(data, self.config.to_dict(), stored, self.output_dir)
+            if changed and self.accelerator.is_main_process:
+                logger.info("resume: settings changed since the run began: %s", "; ".join(changed))
+
     def _resolve_guidance(self) -> bool:
         """TailorPO-G's gradient guidance: explicit on/off, or auto (None): on for a branching rollout with a
         differentiable reward (RDPO = RDPO* + Ψ is built on TailorPO-G), else off. On where it cannot act is refused."""
@@ -179,8 +204,12 @@ class Trainer:
                 module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
         unet = pipe.unet
         targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()]
-        unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
-                                    target_modules=targets))
+        # peft draws the initial LoRA from torch's global generator: seed it from the run's seed for the draw only
+        # (unseeded, two runs with one seed started from different LoRAs), and leave the caller's stream as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(_seed_for(run.seed, LORA_INIT_STREAM))
+            unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
+                                        target_modules=targets))
         for p in unet.parameters():  # LoRA in fp32 under mixed precision (diffusers' cast_training_params)
             if p.requires_grad:
                 p.data = p.data.float()
@@ -438,14 +467,19 @@ class Trainer:
         from tqdm.auto import tqdm
 
         acc, run = self.accelerator, self.run
+        acc.wait_for_everyone()  # every process has checked the folder (in __init__) before anything is written
+        # a resume reads its checkpoint first: one that does not load, or other settings, are refused before a write
+        start = self.load_checkpoint() if run.resume else 0
         if acc.is_main_process:
+            if run.overwrite:
+                removed = remove_run_files(self.output_dir)
+                if removed:
+                    logger.info("overwrite: removed the earlier run's %s from %s",
+                                ", ".join(p.name for p in removed), self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        start = 0
-        if run.resume:
-            start = self.load_checkpoint()
-        if acc.is_main_process and start == 0 and self.metrics_path.exists():
-            self.metrics_path.unlink()  # a fresh run; a resumed one keeps (and trims) its metrics
+            if start == 0 and self.metrics_path.exists():
+                self.metrics_path.unlink()  # a fresh run; a resumed one keeps (and trims) its metrics
         self._open_tensorboard()
         progress = tqdm(range(start, run.iterations), desc="train", initial=start, total=run.iterations,
                         disable=run.quiet or not sys.stderr.isatty() or not acc.is_main_process)
@@ -458,8 +492,7 @@ class Trainer:
             if run.checkpoint_every and self.iteration % run.checkpoint_every == 0:
                 self.save_checkpoint()
         if not run.checkpoint_every or self.iteration % run.checkpoint_every:
-            self.save_checkpoint()
-        self.save_lora(self.output_dir / "lora")
+            self.save_checkpoint()  # which also writes lora/
         evaluation = {}
         if run.eval_samples:
             evaluation = self.evaluate()
@@ -519,8 +552,9 @@ class Trainer:
         _replace_dir(tmp, folder)
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step.
-        Written to a temporary folder and renamed: a crash mid-save leaves the previous checkpoint intact."""
+        """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step;
+        then ``lora/`` is refreshed with its LoRA (so an interrupted run has one). Each is written to a temporary
+        folder and renamed: a crash mid-save leaves the previous checkpoint and ``lora/`` intact."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -545,23 +579,62 @@ class Trainer:
             _fsync_dir(tmp)
             _replace_dir(tmp, final)
             self._prune_checkpoints()
+            lora_tmp = self.output_dir / f".tmp-lora-{os.getpid()}"
+            shutil.rmtree(lora_tmp, ignore_errors=True)
+            lora_tmp.mkdir()
+            shutil.copyfile(final / LORA_WEIGHT_NAME, lora_tmp / LORA_WEIGHT_NAME)
+            _fsync_dir(lora_tmp)
+            _replace_dir(lora_tmp, self.output_dir / "lora")
         acc.wait_for_everyone()
         return final
 
     def _prune_checkpoints(self) -> None:
-        found = sorted(p for p in self.output_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+        found = complete_checkpoints(self.output_dir)
         for old in found[: max(0, len(found) - self.run.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: Optional[Path] = None) -> int:
-        """Restore the newest checkpoint (or ``path``); returns the iteration to continue from (0 if none)."""
-        from peft.utils import set_peft_model_state_dict
+        """Restore the newest intact checkpoint (or ``path``); returns the iteration to continue from (0 if none).
 
-        path = path or latest_checkpoint(self.output_dir)
-        if path is None:
+        A checkpoint whose state does not load (a truncated file, say) is passed over for the one before it, with a
+        warning naming the file; with none left the error says so. One stored with other settings than this run's
+        (but for the resumable ones) is refused. The metrics of later iterations are dropped, and so is a torn last
+        line (a write the crash interrupted), with a warning."""
+        candidates = [Path(path)] if path is not None else complete_checkpoints(self.output_dir)[::-1]
+        if not candidates:
             logger.warning("resume: no checkpoint in %s; starting from scratch", self.output_dir)
             return 0
-        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+        failures = []
+        for candidate in candidates:
+            file = candidate / "training_state.pt"
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=False)
+                missing = {"iteration", "lora", "optimiser", "lr_scheduler", "config"} - set(state)
+                if missing:
+                    raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+            except Exception as error:  # whatever a damaged file raises: try the previous checkpoint
+                failures.append(f"{file} ({type(error).__name__}: {error})")
+                if candidate is not candidates[-1] and self.accelerator.is_main_process:
+                    logger.warning("resume: %s does not load (%s: %s); falling back to the previous checkpoint",
+                                   file, type(error).__name__, error)
+                continue
+            try:
+                check_resumed_settings(state["config"], self.config.to_dict(), file, self.output_dir)
+            except RunFolderError as error:
+                raise TrainingError(str(error)) from None
+            self._restore(state, candidate)
+            break
+        else:
+            raise TrainingError(f"resume: no intact checkpoint left in {self.output_dir}: "
+                                + "; ".join(failures) + " (start afresh with --overwrite)")
+        self.iteration = int(state["iteration"])
+        if self.accelerator.is_main_process and self.metrics_path.exists():
+            self._trim_metrics()
+        return self.iteration
+
+    def _restore(self, state: dict, path: Path) -> None:
+        from peft.utils import set_peft_model_state_dict
+
         result = set_peft_model_state_dict(self._unwrapped_unet(), state["lora"])
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
@@ -570,12 +643,23 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if state.get("advantages") is not None:
             self.advantages.load_state_dict(state["advantages"])
-        self.iteration = int(state["iteration"])
-        if self.accelerator.is_main_process and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] <= self.iteration]
-            _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-        return self.iteration
+
+    def _trim_metrics(self) -> None:
+        """Keep the metrics lines up to the restored iteration; a torn last line is dropped with a warning, a
+        malformed line before it is an error (that is not what a crash leaves)."""
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append((json.loads(line), line))
+            except ValueError:
+                if number < len(lines):
+                    raise TrainingError(f"resume: {self.metrics_path} line {number} is not JSON ({line[:80]!r}); "
+                                        "only a torn last line is dropped") from None
+                logger.warning("resume: dropped the torn last line of %s (a write the interruption cut short): %r",
+                               self.metrics_path, line[:80])
+        kept = [line for record, line in records if record["iteration"] <= self.iteration]
+        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -633,12 +717,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train(config: TrainConfig, **kwargs) -> dict:

@@ -22,11 +22,22 @@ class TestParts:
     def register_models(register):
         register(ModelPart("test-tiny", "a tiny random SD1.5-shaped pipeline (tests)", tiny_sd_pipeline))
         register(ModelPart("test-tiny-xl", "a tiny random SDXL-shaped pipeline (tests)", tiny_sdxl_pipeline))
+        register(ModelPart("test-tiny-loaded", "test-tiny as if loaded from files: building it leaves torch's global "
+                           "generator as it was (tests)", tiny_sd_pipeline_loaded))
 
     @staticmethod
     @rdpo_zoo.hookimpl
     def register_rewards(register):
         register(RewardPart("test-red", "mean red minus green and blue (tests)", RedReward))
+
+
+def tiny_sd_pipeline_loaded(**options):
+    """The tiny SD pipeline built apart from torch's global generator (``tiny_sd_pipeline`` seeds it, which would hide
+    any draw a trainer takes from it), as a pipeline loaded from files is: the embedded model, SD 1.5."""
+    import torch
+
+    with torch.random.fork_rng():
+        return tiny_sd_pipeline(**options)
 
 
 def small_config(output_dir, preset=None, iterations=2, **overrides):
