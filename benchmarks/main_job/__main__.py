@@ -34,6 +34,7 @@ CANDIDATES = {
     "fidelity-guided": ["--reward", "world-fidelity"],
     "fidelity-unguided": ["--reward", "world-fidelity", "--gradient-guidance", "false"],
     "fidelity+aesthetic0.5-guided": ["--reward", "world-fidelity+world-aesthetic:0.5"],
+    "fidelity-guided-lr2e-3": ["--reward", "world-fidelity", "--learning-rate", "2e-3"],
 }
 STAGES = {"choose": (3, 4, 5), "accept": (0, 1, 2)}
 #: the figures the non-inferiority rule reads: every world reward and checker attribute
