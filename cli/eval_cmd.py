@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rdpo_zoo.cli.common import output_file_checked, threads_option
+
 
 @click.command("eval")
 @click.option("--lora", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -28,17 +30,23 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
+@threads_option
 def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_base, num_steps, eta, guidance_scale,
-             batch_size, json_path) -> None:
+             batch_size, json_path, threads) -> None:
     """Mean ± s.e. of every reward over prompts × seeds, for the base model or a trained LoRA (and its gain over
     the base on identical noise)."""
     from rdpo_zoo.cli.best_of_n_cmd import _ints
-    from rdpo_zoo.cli.plugins_cmd import parse_part_options
+    from rdpo_zoo.cli.plugins_cmd import model_part, parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.evaluate import evaluate_rewards
     from rdpo_zoo.registry import get_registry
     from rdpo_zoo.trainer import LORA_WEIGHT_NAME
+    from rdpo_zoo.quiet import quiet_loading
+    from rdpo_zoo.runtime import apply_threads
     from rdpo_zoo.world import prompt_set
+
+    output_file_checked(json_path, "--json")
+    seed_list = _ints(seeds, "--seeds")
 
     run_config = {}
     if run_dir is not None:
@@ -51,10 +59,14 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     model = model or run.get("model", "tiny")
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
     registry = get_registry()
-    model_options = parse_part_options("model", model, [f"{k}={v}" for k, v in options.items()] + list(model_opt))
-    pipe = registry.get("model", model).build(model_options)
+    part, folder_options = model_part(model, {})
+    model_options = parse_part_options("model", part, [f"{k}={v}" for k, v in {**options, **folder_options}.items()]
+                                       + list(model_opt))
+    apply_threads(threads)
+    pipe = registry.get("model", part).build(model_options)
     if run_dir is not None:
-        pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
+        with quiet_loading():  # our LoRA files hold the UNet's layers only, by design
+            pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler") or "ddim",
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
@@ -63,13 +75,10 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     )
     names = [r.strip() for r in rewards.split(",") if r.strip()]
     reward_objs = {name: registry.get("reward", name).build(parse_part_options("reward", name, ())) for name in names}
-    try:
-        prompt_list = prompt_set(prompts)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--prompts") from None
+    prompt_list = prompt_set(prompts, option="--prompts")
     prompt_list = prompt_list[:limit] if limit else prompt_list
     compare = bool(run_dir) if compare_base is None else compare_base
-    result = evaluate_rewards(diffusion, prompt_list, _ints(seeds, "--seeds"), reward_objs, batch_size, compare)
+    result = evaluate_rewards(diffusion, prompt_list, seed_list, reward_objs, batch_size, compare, progress=True)
     result.update(model=model, lora=str(run_dir) if run_dir else None, prompt_set=prompts)
     label = f"{model} + LoRA {run_dir}" if run_dir else f"{model} (base)"
     click.echo(f"{label}: {result['samples']} samples ({result['prompts']} prompts × seeds {result['seeds']})")
