@@ -12,7 +12,8 @@ from rdpo_zoo.cli.common import output_file_checked, threads_option
 
 @click.command("eval")
 @click.option("--lora", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A training run's folder (its lora/ is loaded; its model and sampling settings are the defaults).")
+              help="A training run's folder (its lora/ is loaded), or one of its checkpoint-NNNNNN folders; the "
+                   "run's model and sampling settings are the defaults.")
 @click.option("--model", default=None, help="The model part (default: the run's, else tiny).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
 @click.option("--reward", "rewards", default="world-aesthetic", show_default=True,
@@ -40,21 +41,25 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.evaluate import evaluate_rewards
     from rdpo_zoo.registry import get_registry
-    from rdpo_zoo.trainer import LORA_WEIGHT_NAME
     from rdpo_zoo.quiet import quiet_loading
     from rdpo_zoo.runtime import apply_threads
+    from rdpo_zoo.trainer import LORA_WEIGHT_NAME
     from rdpo_zoo.world import prompt_set
 
     output_file_checked(json_path, "--json")
     seed_list = _ints(seeds, "--seeds")
 
-    run_config = {}
+    run_config, lora_dir = {}, None
     if run_dir is not None:
-        if not (run_dir / "lora" / LORA_WEIGHT_NAME).is_file():
-            raise click.BadParameter(f"{run_dir} has no lora/{LORA_WEIGHT_NAME} (is it a finished training run?)",
-                                     param_hint="--lora")
-        if (run_dir / "config.json").is_file():
-            run_config = json.loads((run_dir / "config.json").read_text())
+        # a run's folder (its final lora/), or one of its checkpoint-NNNNNN folders (the LoRA lies in it)
+        lora_dir = next((d for d in (run_dir / "lora", run_dir) if (d / LORA_WEIGHT_NAME).is_file()), None)
+        if lora_dir is None:
+            raise click.BadParameter(f"{run_dir} has no lora/{LORA_WEIGHT_NAME} (is it a finished training run, "
+                                     "or one of its checkpoint folders?)", param_hint="--lora")
+        config_path = next((d / "config.json" for d in (run_dir, run_dir.parent) if (d / "config.json").is_file()),
+                           None)
+        if config_path is not None:
+            run_config = json.loads(config_path.read_text())
     method, run = run_config.get("method", {}), run_config.get("run", {})
     model = model or run.get("model", "tiny")
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
@@ -66,7 +71,7 @@ def evaluate(run_dir, model, model_opt, rewards, prompts, limit, seeds, compare_
     pipe = registry.get("model", part).build(model_options)
     if run_dir is not None:
         with quiet_loading():  # our LoRA files hold the UNet's layers only, by design
-            pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHT_NAME)
+            pipe.load_lora_weights(str(lora_dir), weight_name=LORA_WEIGHT_NAME)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler") or "ddim",
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
