@@ -240,7 +240,7 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
 
     from rdpo_zoo.runtime import apply_threads
 
-    check_before_compute(config)
+    check_before_compute(config, dry_run)
     threads = apply_threads(config.run.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rdpo_zoo.trainer import Trainer, TrainingError
@@ -262,7 +262,7 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
     click.echo(f"outputs: {config.run.output_dir} (config.json, metrics.jsonl, lora/, {shown})")
 
 
-def check_before_compute(config) -> None:
+def check_before_compute(config, dry_run: bool = False) -> None:
     """The checks of a run's inputs that need no model: its folders, prompt files and devices. The rest (parts that
     fit together, train timesteps against the sampler) runs when the trainer is built, which --dry-run also does."""
     import torch
@@ -271,7 +271,7 @@ def check_before_compute(config) -> None:
     from rdpo_zoo.world import prompt_set
 
     run = config.run
-    check_output_dir(run.output_dir, "--output-dir")
+    check_output_dir(run.output_dir, "--output-dir", keep=not dry_run)
     if run.offline_pairs is None:
         prompt_set(run.prompts, option="--prompts")
     if run.eval_samples:

@@ -64,9 +64,11 @@ def check_device(device: str, option: str = "--device") -> None:
         raise UserInputError(f"{option}: 'mps' asked for, but torch sees no MPS device here; use --device cpu")
 
 
-def check_output_dir(path, option: str) -> None:
-    """Refuse an output folder that is a file or cannot be written, before any compute: create what is missing,
-    write and delete a probe file, and remove the folders this check created (a dry run leaves nothing behind)."""
+def check_output_dir(path, option: str, keep: bool = True) -> None:
+    """Refuse an output folder that is a file or cannot be written, before any compute: create what is missing and
+    write and delete a probe file. ``keep=False`` (a dry run) removes the folders this check created; the default
+    keeps them, since the command writes there next (and the processes of a multi-process launch check the same
+    folder at once: one must not remove what another is probing)."""
     folder = Path(path).expanduser()
     blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
@@ -81,7 +83,7 @@ def check_output_dir(path, option: str) -> None:
         raise UserInputError(f"{option}: cannot write in {str(path)!r} ({error.strerror or error}); expected a "
                              "writable folder") from None
     finally:
-        for made in created:  # deepest first
+        for made in created if not keep else ():  # deepest first
             try:
                 made.rmdir()
             except OSError:

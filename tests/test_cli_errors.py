@@ -213,3 +213,10 @@ def test_report_to_none_starts_no_tracker_and_lora_files_are_readable(tmp_path, 
         os.umask(umask)
     assert trainer.accelerator.trackers == [] and not (tmp_path / "tensorboard").exists()
     assert (tmp_path / "lora" / LORA_WEIGHT_NAME).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_dry_run_leaves_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--output-dir", "runs/new/run", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run: every check passed" in result.stdout and list(tmp_path.iterdir()) == []
