@@ -124,7 +124,11 @@ def _split_config(data: dict, where: str = "--config") -> tuple[Optional[str], d
     preset = data.pop("preset", None)
     if preset is not None and not isinstance(preset, str):
         raise UserInputError(f"{where}: preset: expected a preset's name, got {preset!r}")
-    method, run = dict(data.pop("method", {}) or {}), dict(data.pop("run", {}) or {})
+    method, run = data.pop("method", {}) or {}, data.pop("run", {}) or {}
+    for section, values in (("method", method), ("run", run)):
+        if not isinstance(values, dict):
+            raise UserInputError(f"{where}: {section}: expected a table of settings, got {values!r}")
+    method, run = dict(method), dict(run)
     run_fields = {f.name: f for f in run_setting_fields()}
     method_options = {o.name: o for o in SETTINGS}
     for key, value in data.items():
