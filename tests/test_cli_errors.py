@@ -220,3 +220,37 @@ def test_a_dry_run_leaves_no_folder_behind(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["train", "--output-dir", "runs/new/run", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "dry run: every check passed" in result.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_report_to_wandb_runs_offline_with_the_configuration(tmp_path, test_parts, monkeypatch):
+    """W&B through accelerate's tracker, against a stand-in ``wandb`` module (the package is not a dependency):
+    offline unless WANDB_MODE says otherwise, into the run folder, with the configuration and every iteration."""
+    import importlib.machinery
+    import types
+
+    from rdpo_zoo.trainer import Trainer
+
+    calls = {"log": [], "config": {}}
+
+    class Run:
+        def log(self, values, step=None):
+            calls["log"].append((step, values))
+
+        def finish(self):
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = init
+    fake.config = types.SimpleNamespace(update=lambda values, allow_val_change: calls["config"].update(values))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    Trainer(small_config(tmp_path, iterations=2, report_to="wandb")).train()
+    assert calls["init"] == {"project": "rdpo-zoo", "mode": "offline", "dir": str(tmp_path)}
+    assert calls["config"]["run.report_to"] == "wandb" and calls["config"]["method.rollout"] == "branch-winner"
+    assert [step for step, _ in calls["log"]] == [1, 2] and "reward_mean" in calls["log"][0][1]
+    assert calls["finished"]
