@@ -53,3 +53,13 @@ def test_versioned_settings_enter_the_cache_key_only_where_used(monkeypatch):
     before = guided.digest(), plain.digest()
     monkeypatch.setitem(runs.SETTING_VERSIONS, "gradient_guidance", 999)
     assert guided.digest() != before[0] and plain.digest() == before[1]
+
+
+def test_threads_and_trackers_stay_out_of_the_cache_key(monkeypatch):
+    """Settings that cannot change a run's numbers (CPU threads, --report-to) do not rename its cached folder."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import runs
+
+    spec = runs.RunSpec("d3po")
+    assert not {"threads", "report_to", "output_dir"} & set(spec.key()["config"]["run"])
+    assert runs.RunSpec("d3po", run={"threads": 3, "report_to": "tensorboard"}).digest() == spec.digest()

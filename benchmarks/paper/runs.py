@@ -84,7 +84,9 @@ class RunSpec:
     def key(self) -> dict:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
-        config["run"].pop("output_dir")
+        # where the outputs go, and settings that cannot change them (CPU threads, trackers), stay out of the hash
+        for name in ("output_dir", "threads", "report_to"):
+            config["run"].pop(name)
         key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
                "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
