@@ -55,8 +55,9 @@ def _csv(kind: str, cast=str):
               help="Comma-separated shared,per-branch,noised (overrides the grid).")
 @click.option("--loss", default="dpo", show_default=True, help="The loss (a name the registry of losses knows).")
 @click.option("--penalty", default=None, help="An optional penalty (psi, psi-literal, dpop).")
-@click.option("--beta", type=float, default=0.1, show_default=True)
-@click.option("--psi-lambda", type=float, default=0.0, show_default=True)
+@click.option("--beta", type=float, default=0.1, show_default=True, help="The loss's β (the DPO temperature).")
+@click.option("--psi-lambda", type=float, default=0.0, show_default=True,
+              help="λ of the penalty (Ψ's weight; 0 with no --penalty), as train's --psi-lambda.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available).")
 @click.option("--check", is_flag=True,
               help="Before timing, compare the fused op (r, loss, dL/do_theta) with a float64 reference run at every "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rdpo_zoo.cli.common import Command, output_file_checked, threads_option
+
 
 def _ints(text: str, flag: str) -> list[int]:
     try:
@@ -18,10 +20,11 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-@click.command("best-of-n")
+@click.command("best-of-n", cls=Command)
 @click.option("--estimator", "estimators", default="x0-hat,delta-q", show_default=True,
               help="Comma-separated estimators to compare (final-order completes every candidate: costly).")
-@click.option("--n", "n", type=click.IntRange(min=2), default=8, show_default=True, help="Candidates per step.")
+@click.option("--num-candidates", "n", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Candidates N drawn per step.")
 @click.option("--prompts", default="ood", show_default=True, help="A prompt set (train, ood, all) or a text file.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first LIMIT prompts.")
 @click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds; every prompt runs with each.")
@@ -30,7 +33,8 @@ def _ints(text: str, flag: str) -> list[int]:
               help="An option of the reward part; in a combination name the part: world-aesthetic.KEY=VALUE.")
 @click.option("--model", default="tiny", show_default=True, help="The model (a model part).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Options of the model part.")
-@click.option("--steps", default=None, help="Steps t of T at which to choose (default: every step).")
+@click.option("--choice-timesteps", "steps", default=None, metavar="t,t,...",
+              help="Steps t of T at which to choose, like train's --train-timesteps (default: every step).")
 @click.option("--num-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Sampling steps T.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="DDIM's η.")
 @click.option("--guidance-scale", type=click.FloatRange(min=1.0), default=3.0, show_default=True,
@@ -38,35 +42,40 @@ def _ints(text: str, flag: str) -> list[int]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
+@threads_option
 def best_of_n(estimators, n, prompts, limit, seeds, reward, reward_opt, model, model_opt, steps, num_steps, eta,
-              guidance_scale, batch_size, json_path) -> None:
+              guidance_scale, batch_size, json_path, threads) -> None:
     """At each step draw N candidates from x_t, keep the best by each estimator, continue; report the final
     reward (mean ± s.e. over prompts × seeds, the same for every row) beside plain sampling."""
     from rdpo_zoo.best_of_n import best_of_n as run
-    from rdpo_zoo.cli.plugins_cmd import parse_part_options
+    from rdpo_zoo.cli.plugins_cmd import model_part, parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.parts import parse_assignments
     from rdpo_zoo.registry import build_reward, get_registry
+    from rdpo_zoo.runtime import apply_threads
     from rdpo_zoo.world import prompt_set
+
+    output_file_checked(json_path, "--json")
+    seed_list = _ints(seeds, "--seeds")
+    step_list = _ints(steps, "--choice-timesteps") if steps else None
 
     names = [e.strip() for e in estimators.split(",") if e.strip()]
     registry = get_registry()
     built = {}
     for name in names:
         built[name] = registry.get("estimator", name).build(parse_part_options("estimator", name, ()))
-    try:
-        prompt_list = prompt_set(prompts)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--prompts") from None
+    prompt_list = prompt_set(prompts, option="--prompts")
     prompt_list = prompt_list[:limit] if limit else prompt_list
     try:
         reward_obj = build_reward(reward, parse_assignments(list(reward_opt), where="--reward-opt"), registry)
     except (ValueError, LookupError, OSError) as error:  # OSError: a learned reward's weights are missing
         raise click.BadParameter(str(error), param_hint="--reward") from None
-    pipe = registry.get("model", model).build(parse_part_options("model", model, model_opt))
+    part, folder_options = model_part(model, {})
+    model_options = parse_part_options("model", part, [f"{k}={v}" for k, v in folder_options.items()] + list(model_opt))
+    apply_threads(threads)
+    pipe = registry.get("model", part).build(model_options)
     diffusion = DiffusionModel(pipe, eta=eta, num_steps=num_steps, guidance_scale=guidance_scale)
-    step_list = _ints(steps, "--steps") if steps else None
-    result = run(diffusion, prompt_list, reward_obj, built, n, _ints(seeds, "--seeds"), step_list, batch_size)
+    result = run(diffusion, prompt_list, reward_obj, built, n, seed_list, step_list, batch_size)
     click.echo(f"step-wise best-of-{n}, reward {reward}, {result['samples']} samples "
                f"({result['prompts']} prompts × seeds {result['seeds']}), T={num_steps}, η={eta}")
     click.echo(f"{'method':<14} {'reward':>10} {'± s.e.':>9} {'gain':>10} {'± s.e.':>9} {'UNet evals/sample':>18}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rdpo_zoo.cli.common import output_file_checked, threads_option
+
 
 @click.command("eval")
 @click.option("--lora", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -32,21 +34,26 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
+@threads_option
 def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, seeds, compare_base, num_steps, eta,
-             guidance_scale, batch_size, json_path) -> None:
+             guidance_scale, batch_size, json_path, threads) -> None:
     """Mean ± s.e. over prompts × seeds of every world reward, the pixel checker's accuracies and the spread of
     samples within a prompt, for the base model or a trained LoRA; with the base compared (the default with
     --lora): the paired gain on identical noise and the tuned model's KL to the base along its own chains. A star
     marks what the run trained on. On prompts outside the world the checker and world-fidelity are skipped."""
     from rdpo_zoo.cli.best_of_n_cmd import _ints
-    from rdpo_zoo.cli.plugins_cmd import parse_part_options
+    from rdpo_zoo.cli.plugins_cmd import model_part, parse_part_options
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.evaluate import compare_models, format_report, report_rewards
     from rdpo_zoo.parts import OptionError, parse_assignments
+    from rdpo_zoo.quiet import quiet_loading
     from rdpo_zoo.registry import UnknownPartError, build_reward, get_registry
     from rdpo_zoo.run_folder import LORA_WEIGHT_NAME, find_lora
+    from rdpo_zoo.runtime import apply_threads
     from rdpo_zoo.world import prompt_set
 
+    output_file_checked(json_path, "--json")
+    seed_list = _ints(seeds, "--seeds")
     run_config, lora = {}, None
     if run_dir is not None:
         try:
@@ -59,11 +66,10 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     model = model or run.get("model", "tiny")
     options = dict(run.get("model_options", {})) if model == run.get("model") else {}
     registry = get_registry()
-    model_options = parse_part_options("model", model, [f"{k}={v}" for k, v in options.items()] + list(model_opt))
-    try:
-        prompt_list = prompt_set(prompts)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--prompts") from None
+    part, folder_options = model_part(model, {})
+    model_options = parse_part_options("model", part, [f"{k}={v}" for k, v in {**options, **folder_options}.items()]
+                                       + list(model_opt))
+    prompt_list = prompt_set(prompts, option="--prompts")
     prompt_list = prompt_list[:limit] if limit else prompt_list
     trained_spec = run.get("reward") if lora is not None else None
     specs = [r.strip() for r in rewards.split(",") if r.strip()] if rewards else []
@@ -74,11 +80,12 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
                           if trained_spec else None)
     except (ValueError, UnknownPartError, OptionError, OSError) as error:  # OSError: a learned reward's weights
         raise click.BadParameter(str(error), param_hint="--reward") from None
-    seed_list = _ints(seeds, "--seeds")
     reward_objs, trained, notes = report_rewards(registry, trained_spec, trained_reward, prompt_list, built)
-    pipe = registry.get("model", model).build(model_options)
-    if run_dir is not None:
-        pipe.load_lora_weights(str(lora.folder), weight_name=LORA_WEIGHT_NAME)
+    apply_threads(threads)
+    pipe = registry.get("model", part).build(model_options)
+    if lora is not None:
+        with quiet_loading():  # our LoRA files hold the UNet's layers only, by design
+            pipe.load_lora_weights(str(lora.folder), weight_name=LORA_WEIGHT_NAME)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler") or "ddim",
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),

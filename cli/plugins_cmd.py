@@ -210,3 +210,24 @@ def plugins(as_json: bool, kinds: tuple, show_options: bool, show_traceback: boo
             click.echo(f"  {info.name}{where}: {info.error}")
             if show_traceback and info.traceback:
                 click.echo("    " + info.traceback.rstrip().replace("\n", "\n    "))
+
+
+def model_part(name: str, options: dict, option: str = "--model") -> tuple[str, dict]:
+    """``--model``: a model part's name, or a diffusers pipeline folder (run by the ``diffusers`` part with
+    ``id=FOLDER``), as ``sample --model`` takes one."""
+    from pathlib import Path
+
+    from rdpo_zoo.errors import UserInputError
+
+    registry = _registry()
+    if any(part.name == name for part in registry.parts("model")):
+        return name, dict(options)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserInputError(f"{option}: {name!r} is a folder without model_index.json; expected a diffusers "
+                                 "pipeline folder or a model part")
+        return "diffusers", {**options, "id": str(path)}
+    known = ", ".join(part.name for part in registry.parts("model"))
+    raise UserInputError(f"{option}: expected a model part ({known}) or a diffusers pipeline folder; {name!r} is "
+                         "neither")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rdpo_zoo.cli.common import Command, output_dir_checked
+
 
 
 def _embedded_dir() -> Path:
@@ -44,17 +46,17 @@ def run_cmd(config_path, run_dir, max_minutes, unet_steps, threads):
     click.echo(json.dumps({"run_dir": run_dir, "done": done}))
 
 
-@pretrain.command("export")
+@pretrain.command("export", cls=Command)
 @click.option("--run-dir", default="runs/pretrain/tiny", show_default=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--snapshot", default=None, type=int, help="Snapshot step to export (latest by default).")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Pipeline folder to write (default: the package's rdpo_zoo/embedded/tiny).")
+@click.option("--output-dir", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Pipeline folder to write. Required: replacing the shipped model is a choice, made by naming its "
+                   "folder (rdpo_zoo/embedded/tiny in a source checkout; docs/world.md).")
 @click.option("--fp32", is_flag=True, help="Store fp32 weights instead of fp16.")
 def export_cmd(run_dir, snapshot, out_dir, fp32):
     """Write a StableDiffusionPipeline folder from a run's EMA snapshot."""
     from rdpo_zoo.pretrain import export
 
-    if out_dir is None:
-        out_dir = _embedded_dir() / "tiny"
+    output_dir_checked(out_dir)
     path = export(run_dir, out_dir, snapshot=snapshot, fp16=not fp32)
     click.echo(json.dumps({"exported": str(path)}))

@@ -7,36 +7,42 @@ from pathlib import Path
 
 import click
 
+from rdpo_zoo.cli.common import Command, output_dir_checked, threads_option
 
-@click.command()
+
+@click.command(cls=Command)
 @click.option("--model", default="tiny", show_default=True,
               help="'tiny' (the embedded model), a pipeline folder, or a hub id (the only case that downloads).")
 @click.option("--prompts", "prompt_set", default="ood", show_default=True,
               help="Prompt set: 'train', 'ood', 'all', or a text file with one prompt per line (cycled to fill -n).")
 @click.option("-n", "--num-images", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Images to draw.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output-dir", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for grid.png and rewards.json (created if missing).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial latents and of the η noise.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps.")
+@click.option("--num-steps", "steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps T.")
 @click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="DDIM η (1 = the paper's).")
-@click.option("--guidance", default=3.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--guidance-scale", "guidance", default=3.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Classifier-free guidance (3: the scale docs/world.md's quality table and the rewards' scales were "
+                   "measured at; train's rollouts use their preset's, 5).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per pipeline call.")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
-def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size, device):
-    """Sample a model and write OUT/grid.png (prompts as captions) and OUT/rewards.json (every reward of every image,
-    and the world checker's reading when the prompts are world prompts)."""
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:N).")
+@threads_option
+def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size, device, threads):
+    """Sample a model and write OUTPUT_DIR/grid.png (prompts as captions) and OUTPUT_DIR/rewards.json (every reward of
+    every image, and the world checker's reading when the prompts are world prompts)."""
+    from rdpo_zoo.runtime import apply_threads, check_device
+
+    output_dir_checked(out_dir)
+    check_device(device)
     import torch
 
     from rdpo_zoo import world
     from rdpo_zoo.embedded import load_pipeline
     from rdpo_zoo.preview import caption_grid, cycle_prompts, sample_images, score_images
 
-    try:
-        prompts = cycle_prompts(world.prompt_set(prompt_set), n)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--prompts")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    pipe = load_pipeline(model, device=device)
+    prompts = cycle_prompts(world.prompt_set(prompt_set, option="--prompts"), n)
+    apply_threads(threads)
+    pipe = load_pipeline(model, device=device, option="--model")
     images = sample_images(pipe, prompts, seed=seed, steps=steps, eta=eta, guidance_scale=guidance, batch_size=batch_size)
     scores, checks, skipped = score_images(images, prompts)
     out_dir.mkdir(parents=True, exist_ok=True)

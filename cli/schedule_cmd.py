@@ -6,14 +6,16 @@ import json
 
 import click
 
+from rdpo_zoo.cli.common import Command
+
 # Stable Diffusion 1.5's noise schedule (its scheduler_config.json), the default of the paper's experiments.
 SD15_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--scheduler", "kind", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
               help="Sampler whose reverse steps are tabulated.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Inference steps T.")
+@click.option("--num-steps", "steps", type=click.IntRange(min=1), default=20, show_default=True, help="Inference steps T.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="DDIM's η (ignored for DDPM, whose variance is fixed_small).")
 @click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction", "sample"]), default="epsilon",

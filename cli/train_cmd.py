@@ -15,9 +15,15 @@ from typing import Any, Optional
 
 import click
 
-from rdpo_zoo.cli.plugins_cmd import part_options, part_overrides
-from rdpo_zoo.config import RunSettings, run_setting_fields
+from rdpo_zoo.cli.plugins_cmd import model_part, part_options, part_overrides
+from rdpo_zoo.config import RunSettings, check_value_type, run_setting_fields
+from rdpo_zoo.errors import UserInputError
 from rdpo_zoo.parts import PART_SETTINGS, SETTINGS, OptionError
+
+#: What plain `rdpo-zoo train` runs when no preset, rollout, estimator, loss or penalty is given: the main job's
+#: method, RDPO's parts (README's first command, `--estimator delta-q --loss rdpo`, resolves to exactly this).
+MAIN_METHOD = {"estimator": "delta-q", "loss": "rdpo"}
+_METHOD_CHOICE = ("rollout", "estimator", "loss", "penalty")
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
 
@@ -62,46 +68,88 @@ def _run_options(command):
                                    help=f"{meta['help']} [default: {shown}]")(command)
             continue
         kind = click.Choice(list(meta["choices"])) if "choices" in meta else {
-            "int": click.INT, "float": click.FLOAT}.get(str(f.type), click.STRING)
+            "int": click.INT, "Optional[int]": click.INT, "float": click.FLOAT}.get(str(f.type), click.STRING)
         command = click.option(_flag(f.name), f.name, type=kind, default=None,
                                help=f"{meta['help']} [default: {shown}]")(command)
     return command
 
 
 def _read_config_file(path: Path) -> dict:
-    text = path.read_text()
+    """A config file's data; a syntax error names the file and its line."""
+    where = f"--config {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{where}: not a UTF-8 text file; expected TOML, YAML or JSON") from None
     if path.suffix == ".toml":
         import tomllib
 
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:  # its message ends with "(at line L, column C)"
+            raise UserInputError(f"{where}: not valid TOML: {error}") from None
+    elif path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
-            raise click.BadParameter("reading YAML needs PyYAML (pip install pyyaml); or use TOML or JSON",
-                                     param_hint="--config") from None
-        return yaml.safe_load(text) or {}
-    if path.suffix == ".json":
-        return json.loads(text)
-    raise click.BadParameter(f"expected a .toml, .yaml or .json file, got {path.name!r}", param_hint="--config")
+            raise UserInputError(f"{where}: reading YAML needs PyYAML (pip install pyyaml); or use TOML or JSON") \
+                from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise UserInputError(f"{where}: not valid YAML{line}: {getattr(error, 'problem', None) or error}") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{where}: not valid JSON at line {error.lineno}, column {error.colno}: "
+                                 f"{error.msg}") from None
+    else:
+        raise UserInputError(f"{where}: expected a .toml, .yaml or .json file, got {path.name!r}")
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected a table of settings at the top, got {type(data).__name__}")
+    return data
 
 
-def _split_config(data: dict) -> tuple[Optional[str], dict, dict]:
+def _split_config(data: dict, where: str = "--config") -> tuple[Optional[str], dict, dict]:
     """A config file: ``preset``, method settings and run settings, either flat or under ``method``/``run``
-    (the layout of the ``config.json`` a run writes, so a run's config can be replayed)."""
+    (the layout of the ``config.json`` a run writes, so a run's config can be replayed). Every value must have its
+    setting's type (a string is not an integer, nor a boolean)."""
+    from rdpo_zoo.parts import closest
+
     data = dict(data)
     data.pop("resolved", None)
     preset = data.pop("preset", None)
-    method, run = dict(data.pop("method", {}) or {}), dict(data.pop("run", {}) or {})
-    run_names = {f.name for f in run_setting_fields()}
-    method_names = {o.name for o in SETTINGS}
+    if preset is not None and not isinstance(preset, str):
+        raise UserInputError(f"{where}: preset: expected a preset's name, got {preset!r}")
+    method, run = data.pop("method", {}) or {}, data.pop("run", {}) or {}
+    for section, values in (("method", method), ("run", run)):
+        if not isinstance(values, dict):
+            raise UserInputError(f"{where}: {section}: expected a table of settings, got {values!r}")
+    method, run = dict(method), dict(run)
+    run_fields = {f.name: f for f in run_setting_fields()}
+    method_options = {o.name: o for o in SETTINGS}
     for key, value in data.items():
-        if key in run_names:
+        if key in run_fields:
             run[key] = value
-        elif key in method_names:
+        elif key in method_options:
             method[key] = value
         else:
-            raise click.BadParameter(f"unknown setting {key!r}", param_hint="--config")
+            hint = closest(key, [*run_fields, *method_options])
+            raise UserInputError(f"{where}: unknown setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    for key, value in run.items():
+        if key not in run_fields:
+            raise UserInputError(f"{where}: unknown run setting {key!r}")
+        check_value_type(key, value, run_fields[key].type, where=f"{where}: ")
+    for key, value in method.items():
+        option = method_options.get(key)
+        if option is None:
+            raise UserInputError(f"{where}: unknown method setting {key!r}")
+        if option.nullable and isinstance(value, str) and value.strip().lower() in ("none", "auto"):
+            continue  # TOML has no null: "none" (and "auto" for a setting that decides itself) stand for it
+        check_value_type(key, value, option.type.__name__, option.nullable, where=f"{where}: ")
     return preset, method, run
 
 
@@ -113,9 +161,12 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
 
     file_preset, file_method, file_run = (None, {}, {})
     if config_file is not None:
-        file_preset, file_method, file_run = _split_config(_read_config_file(config_file))
+        file_preset, file_method, file_run = _split_config(_read_config_file(config_file), f"--config {config_file}")
     preset = preset or file_preset
     overrides = dict(file_method)
+    chosen = [k for k in _METHOD_CHOICE if overrides.get(k) is not None or method_flags.get(k) is not None]
+    if preset is None and not chosen:  # plain `rdpo-zoo train`: the main job's method
+        overrides.update(MAIN_METHOD)
     for key, value in method_flags.items():
         if value is None:
             continue
@@ -131,11 +182,9 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
         if key in ("model_options", "reward_options"):
             value = {**run_values.get(key, {}), **parse_assignments(list(value), where=f"--{key.split('_')[0]}-opt")}
         run_values[key] = value
-    try:
-        run = RunSettings(**run_values)
-    except TypeError as error:
-        raise click.BadParameter(str(error), param_hint="--config") from None
+    run = RunSettings(**run_values)  # the names and types were checked above (flags are typed by click)
     _check_run(run)
+    run.model, run.model_options = model_part(run.model, run.model_options)
     return TrainConfig(method, run, preset)
 
 
@@ -169,11 +218,14 @@ def _check_run(run: RunSettings) -> None:
               "the same as --penalty-opt lambda=…")
 @_method_options
 @_run_options
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit without training.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve the configuration, build the run (model, reward, parts) and run every check train runs, "
+                   "then exit without sampling, training or writing anything.")
 def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty, penalty_opt, psi_lambda, dry_run,
           **flags: Any) -> None:
     """Train a LoRA with a step-wise preference method: rollout (sampler + estimator → labelled step pairs)
-    alternating with optimisation of the chosen loss.
+    alternating with optimisation of the chosen loss. With no preset and no parts it runs the main job's method
+    (RDPO's parts: --estimator delta-q --loss rdpo).
 
     \b
     Examples:
@@ -191,20 +243,25 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
         method_flags["penalty_options"] = {**method_flags.get("penalty_options", {}), "lambda": psi_lambda}
     try:
         config = resolve_config(preset, method_flags, run_flags, config_file)
-    except (OptionError, LookupError, ValueError) as error:
+    except (OptionError, LookupError) as error:
         raise click.UsageError(str(error)) from None
     _print_config(config)
-    if dry_run:
-        return
     import logging
 
+    from rdpo_zoo.runtime import apply_threads
+
+    check_before_compute(config, dry_run)
+    threads = apply_threads(config.run.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rdpo_zoo.trainer import Trainer, TrainingError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        trainer = Trainer(config)
+        trainer = Trainer(config)  # builds and checks everything; nothing is sampled yet
     except (ValueError, LookupError, OSError) as error:
         raise click.UsageError(str(error)) from None
+    if dry_run:
+        click.echo(f"dry run: every check passed ({threads} CPU thread(s)); nothing was sampled, trained or written")
+        return
     try:
         evaluation = trainer.train()
     except TrainingError as error:
@@ -215,19 +272,58 @@ def train(preset, config_file, estimator, estimator_opt, loss, loss_opt, penalty
     click.echo(f"outputs: {config.run.output_dir} (config.json, metrics.jsonl, lora/, {shown})")
 
 
+def check_before_compute(config, dry_run: bool = False) -> None:
+    """The checks of a run's inputs that need no model: its folders, prompt files and devices. The rest (parts that
+    fit together, train timesteps against the sampler) runs when the trainer is built, which --dry-run also does."""
+    import torch
+
+    from rdpo_zoo.runtime import check_output_dir
+    from rdpo_zoo.world import prompt_set
+
+    run = config.run
+    check_output_dir(run.output_dir, "--output-dir", keep=not dry_run)
+    if run.offline_pairs is None:
+        prompt_set(run.prompts, option="--prompts")
+    if run.eval_samples:
+        prompt_set(run.eval_prompts, option="--eval-prompts")
+    on_gpu = torch.cuda.is_available()
+    if run.kernel_backend == "triton":
+        from rdpo_zoo.kernels import select_backend
+
+        try:
+            select_backend("triton", torch.device("cuda" if on_gpu else "cpu"))
+        except RuntimeError as error:
+            raise UserInputError("--kernel-backend triton: " + str(error).split(": ", 1)[-1].replace(
+                "backend='reference'", "--kernel-backend reference")) from None
+    if run.mixed_precision == "fp16" and not on_gpu:
+        click.echo("warning: --mixed-precision fp16 on the CPU has no fast fp16 kernels (a run was measured ~6x slower "
+                   "than fp32): use it on a GPU, or --mixed-precision no", err=True)
+
+
 def _print_config(config) -> None:
     m, run = config.method, config.run
     penalty = m["penalty"]
     penalty_text = f" + {penalty} {m['penalty_options']}" if penalty else (
         f" (includes its penalty: {m['penalty_options']})" if m["penalty_options"] else "")
-    click.echo(f"preset: {config.preset or '(none)'}; model {run.model}, reward {run.reward}, prompts {run.prompts}")
-    click.echo(f"method: rollout {m['rollout']} (k={m['num_candidates']}), estimator {m['estimator']} "
+    rollout = m["rollout"]
+    shape = {"single": "", "two-trajectories": " (2 trajectories per prompt)",
+             "noised-pairs": " (2 images per prompt, noised with one t and ε)"}.get(
+        rollout, f" (k={m['num_candidates']}" + (f", branching after step {m['branch_start']})" if m["branch_start"]
+                                                  else ")"))
+    preset = config.preset or ("(none: the main job's method)" if all(m[k] == v for k, v in MAIN_METHOD.items())
+                               else "(none)")
+    click.echo(f"preset: {preset}; model {run.model}, reward {run.reward}, prompts {run.prompts}")
+    click.echo(f"method: rollout {rollout}{shape}, estimator {m['estimator']} "
                f"{m['estimator_options'] or ''}, loss {m['loss']} {m['loss_options']}{penalty_text}")
-    click.echo(f"sampling: {m['scheduler']} eta={m['eta']} T={m['num_steps']} guidance={m['guidance_scale']}, "
+    # the sampler that draws the rollout's images (noised pairs sample their final images with the default one)
+    sampler = m["scheduler"] or "ddim"
+    eta = m["eta"] if m["eta"] is not None else 1.0
+    click.echo(f"sampling: {sampler} eta={eta} T={m['num_steps']} guidance={m['guidance_scale']}, "
                f"train timesteps {m['train_timesteps']}, threshold {m['threshold']}, gradient guidance "
                f"{_GUIDANCE_WORDS[m['gradient_guidance']]}, reduction {m['reduction']}, lr {m['learning_rate']}")
     click.echo(f"budget: {run.iterations} iterations × {run.prompts_per_iteration} prompts, {run.inner_epochs} "
-               f"inner epoch(s), minibatch {run.minibatch_size}, LoRA rank {run.lora_rank}, seed {run.seed}")
+               f"inner epoch(s), minibatch {run.minibatch_size}, LoRA rank {run.lora_rank}, seed {run.seed}; "
+               f"metrics to {run.report_to if run.report_to != 'none' else 'metrics.jsonl only'}")
 
 
 _GUIDANCE_WORDS = {True: "on", False: "off",

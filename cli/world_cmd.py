@@ -6,27 +6,33 @@ import json
 
 import click
 
+from rdpo_zoo.cli.common import Command, threads_option
 
-@click.command("world-check")
+
+@click.command("world-check", cls=Command)
 @click.option("--model", default="tiny", show_default=True, help="'tiny', a pipeline folder, or a hub id.")
-@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Measure a pretraining run's snapshot instead of --model.")
 @click.option("--snapshot", default=None, type=int, help="With --run: the snapshot step (latest by default).")
-@click.option("-n", "--n", "n", default=256, show_default=True, type=click.IntRange(min=1), help="Images to draw.")
-@click.option("--prompts", "prompt_set", default="train", show_default=True, help="Prompt set (cycled): train, ood, all.")
+@click.option("-n", "--num-images", "n", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Images to draw.")
+@click.option("--prompts", "prompt_set", default="train", show_default=True,
+              help="Prompt set (cycled): train, ood, all, or a text file.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps.")
+@click.option("--num-steps", "steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps T.")
 @click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="DDIM η.")
-@click.option("--guidance", default=3.0, show_default=True, type=float, help="Classifier-free guidance scale.")
-def world_check(model, run_dir, snapshot, n, prompt_set, seed, steps, eta, guidance):
+@click.option("--guidance-scale", "guidance", default=3.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Classifier-free guidance (3: the scale of docs/world.md's quality table).")
+@threads_option
+def world_check(model, run_dir, snapshot, n, prompt_set, seed, steps, eta, guidance, threads):
     """Sample N images (DDIM, η, CFG) for a world prompt set and print, as JSON, the fractions whose colour, shape,
     background and size the pixel checker reads as asked."""
-    import torch
-
     from rdpo_zoo import world
     from rdpo_zoo.preview import cycle_prompts, sample_images
+    from rdpo_zoo.runtime import apply_threads
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    prompts = cycle_prompts(world.prompt_set(prompt_set, option="--prompts"), n)
+    apply_threads(threads)
     if run_dir is not None:
         from rdpo_zoo.pretrain import build_pipeline
 
@@ -34,11 +40,7 @@ def world_check(model, run_dir, snapshot, n, prompt_set, seed, steps, eta, guida
     else:
         from rdpo_zoo.embedded import load_pipeline
 
-        pipe = load_pipeline(model)
-    try:
-        prompts = cycle_prompts(world.prompt_set(prompt_set), n)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--prompts")
+        pipe = load_pipeline(model, option="--model")
     images = sample_images(pipe, prompts, seed=seed, steps=steps, eta=eta, guidance_scale=guidance)
     rates = world.evaluate(images, prompts)
     click.echo(json.dumps({"model": run_dir or model, "snapshot": snapshot, "prompts": prompt_set, "steps": steps,

@@ -12,13 +12,14 @@ from typing import Optional
 
 import rdpo_zoo
 from rdpo_zoo import ModelPart, Option
+from rdpo_zoo.errors import UserInputError
 
 SD15_ID = "runwayml/stable-diffusion-v1-5"  # the RDPO, D3PO and SPO papers' base model
 SD15_MIRROR = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # where the hub now serves the same weights
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"  # RDPO Table 7, SPO's and Diffusion-DPO's SDXL runs
 
 
-class ModelNotAvailableError(OSError):
+class ModelNotAvailableError(UserInputError, OSError):
     """The model's weights are neither a local folder nor in the local cache, and no download was allowed."""
 
 
@@ -94,7 +95,10 @@ def load_pipeline(
     import diffusers
     import torch
 
-    cls = getattr(diffusers, pipeline_class)
+    from rdpo_zoo.quiet import quiet_loading
+
+    with quiet_loading():  # the pipeline module's import is what meets transformers' torchvision fallback
+        cls = getattr(diffusers, pipeline_class)
     # diffusers renamed torch_dtype to dtype (huggingface/diffusers#14205) and warns on the old name; older
     # versions ignore an unknown `dtype` silently, so ask which one this version reads
     try:
@@ -104,15 +108,16 @@ def load_pipeline(
     except ImportError:
         dtype_key = "torch_dtype"
     try:
-        return cls.from_pretrained(
-            model_id,
-            **{dtype_key: getattr(torch, dtype)},
-            revision=revision,
-            variant=variant,
-            cache_dir=cache_dir,
-            local_files_only=local_only,
-            **kwargs,
-        )
+        with quiet_loading():
+            return cls.from_pretrained(
+                model_id,
+                **{dtype_key: getattr(torch, dtype)},
+                revision=revision,
+                variant=variant,
+                cache_dir=cache_dir,
+                local_files_only=local_only,
+                **kwargs,
+            )
     except (OSError, ValueError) as error:
         raise ModelNotAvailableError(
             f"model {label!r}: cannot load {model_id} as a diffusers {pipeline_class}: {error}"

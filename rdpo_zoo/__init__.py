@@ -48,6 +48,7 @@ _EXPORTS = {
     "Objective": "rdpo_zoo.registry",
     "UnknownPartError": "rdpo_zoo.registry",
     "DuplicatePartError": "rdpo_zoo.registry",
+    "UserInputError": "rdpo_zoo.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

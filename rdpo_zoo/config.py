@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields"]
+__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields", "check_value_type"]
 
 
 def _field(default, help: str, **kw):
@@ -73,6 +73,11 @@ class RunSettings:
     gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
                            choices=("raw", "softmax"))
     quiet: bool = _field(False, "no progress bars or per-iteration lines", resumable=True)
+    threads: Optional[int] = _field(None, "torch CPU threads (default: half the cores, at most 8; docs/cli.md)", min=1,
+                                    resumable=True)
+    report_to: str = _field("none", "also log the metrics to tensorboard (under output_dir/tensorboard) or wandb "
+                            "(offline unless WANDB_MODE=online); none: metrics.jsonl only",
+                            choices=("tensorboard", "wandb", "none"), resumable=True)
 
 
 def _default(f: dataclasses.Field):
@@ -116,6 +121,27 @@ def parse_train_timesteps(value: str, num_steps: int, branch_start: int = 0) -> 
     return steps
 
 
+
+
+#: the types a config file's value must have, by annotation (strings for numbers or booleans are refused: a TOML
+#: `iterations = "three"` or `quiet = "no"` is a mistake, not a spelling)
+_VALUE_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+                "bool": ((bool,), "true or false"), "dict": ((dict,), "a table of KEY = VALUE")}
+
+
+def check_value_type(key: str, value, annotation: str, nullable: bool = False, where: str = "") -> None:
+    """Refuse a config file's ``value`` whose type is not ``annotation`` (``int``, ``float``, ``str``, ``bool``,
+    ``dict``, or ``Optional[…]``), naming the file (``where``) and the setting. Booleans are not numbers here."""
+    from rdpo_zoo.errors import UserInputError
+
+    annotation = str(annotation)
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        annotation, nullable = annotation[len("Optional["):-1], True
+    if value is None and nullable:
+        return
+    kinds, words = _VALUE_TYPES[annotation]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise UserInputError(f"{where}{key}: expected {words}{' or none' if nullable else ''}, got {value!r}")
 
 
 def run_setting_fields() -> list:

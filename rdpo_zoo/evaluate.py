@@ -36,44 +36,50 @@ def _seed(seed: int, start: int) -> int:
 @torch.no_grad()
 def sample_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[int], rewards: dict[str, Reward],
                    batch_size: int = 32, reference: bool = False, keep_images: int = 0,
-                   images: Optional[list] = None) -> dict[str, torch.Tensor]:
+                   images: Optional[list] = None, progress: Optional[str] = None) -> dict[str, torch.Tensor]:
     """Rewards ``{name: [len(seeds)·len(prompts)]}`` of samples of every prompt under every seed (seed-major).
 
     ``reference=True`` samples with the LoRA adapter disabled (the base model). With ``keep_images`` > 0 the first
-    that many images (``[3, H, W]`` in [0, 1], on the CPU) are appended to the list ``images``."""
+    that many images (``[3, H, W]`` in [0, 1], on the CPU) are appended to the list ``images``. ``progress``
+    names a progress bar over the batches (shown on a terminal only)."""
     if keep_images and images is None:
         raise ValueError("images: expected a list to append the kept images to when keep_images > 0")
     if not prompts:
         raise ValueError("prompts: expected at least one prompt")
     if not rewards:
         raise ValueError("rewards: expected at least one reward")
+    from tqdm.auto import tqdm
+
     scores: dict[str, list] = {name: [] for name in rewards}
-    for seed in seeds:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
-            generator = torch.Generator().manual_seed(_seed(int(seed), start))
-            cond = model.encode(chunk)
-            if reference:
-                with model.reference():
-                    latents = model.sample(cond, generator)
-            else:
+    batches = [(seed, start) for seed in seeds for start in range(0, len(prompts), batch_size)]
+    # disable=None: tqdm shows the bar on a terminal only (a log file gets the callers' lines instead)
+    for seed, start in tqdm(batches, desc=progress, unit="batch", disable=None if progress else True, leave=False):
+        chunk = list(prompts[start:start + batch_size])
+        generator = torch.Generator().manual_seed(_seed(int(seed), start))
+        cond = model.encode(chunk)
+        if reference:
+            with model.reference():
                 latents = model.sample(cond, generator)
-            decoded = model.decode(latents)
-            for name, reward in rewards.items():
-                scores[name].append(reward.score(decoded, chunk).float().cpu())
-            if keep_images > len(images or ()):
-                images.extend(decoded[: keep_images - len(images)].float().cpu())
+        else:
+            latents = model.sample(cond, generator)
+        decoded = model.decode(latents)
+        for name, reward in rewards.items():
+            scores[name].append(reward.score(decoded, chunk).float().cpu())
+        if keep_images > len(images or ()):
+            images.extend(decoded[: keep_images - len(images)].float().cpu())
     return {name: torch.cat(values) for name, values in scores.items()}
 
 
 def evaluate_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[int], rewards: dict[str, Reward],
-                     batch_size: int = 32, compare_base: bool = False) -> dict:
+                     batch_size: int = 32, compare_base: bool = False, progress: bool = False) -> dict:
     """A table: per reward, mean ± s.e. over prompts × seeds (and, with ``compare_base``, the base model's and the
     paired gain)."""
-    tuned = sample_rewards(model, prompts, seeds, rewards, batch_size)
+    tuned = sample_rewards(model, prompts, seeds, rewards, batch_size,
+                           progress=("tuned" if compare_base else "model") if progress else None)
     table = {name: {"tuned" if compare_base else "model": summary(values)} for name, values in tuned.items()}
     if compare_base:
-        base = sample_rewards(model, prompts, seeds, rewards, batch_size, reference=True)
+        base = sample_rewards(model, prompts, seeds, rewards, batch_size, reference=True,
+                              progress="base" if progress else None)
         for name in rewards:
             table[name]["base"] = summary(base[name])
             table[name]["gain"] = summary(tuned[name] - base[name])

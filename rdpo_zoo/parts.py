@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, Union
 
+from rdpo_zoo.errors import UserInputError
+
 __all__ = [
     "KINDS",
     "PLURALS",
@@ -76,7 +78,7 @@ def _suggest(hint: Optional[str]) -> str:
     return f"; did you mean {hint!r}?" if hint else "."
 
 
-class OptionError(ValueError):
+class OptionError(UserInputError):
     """A bad option value or an unknown option name; the message names the part and the option."""
 
 

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 import pluggy
 
 from rdpo_zoo import hookspecs
+from rdpo_zoo.errors import UserInputError
 from rdpo_zoo.parts import (
     KINDS,
     PART_SETTINGS,
@@ -90,7 +91,7 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-class UnknownPartError(LookupError):
+class UnknownPartError(UserInputError, LookupError):
     """No part of that kind has that name. The message lists the known names and the closest match."""
 
     def __str__(self):  # LookupError would quote the message like a key
@@ -101,7 +102,7 @@ class PluginError(RuntimeError):
     """A plugin's hook raised (the message names the hook; the cause is the original error)."""
 
 
-class DuplicatePartError(LookupError):
+class DuplicatePartError(UserInputError, LookupError):
     """Two plugins registered the same name for the same kind. The message names both distributions."""
 
     def __str__(self):
@@ -633,6 +634,11 @@ def merge_settings(
             settings[options_key] = kept
     for key, value in given.items():
         settings[key] = {**settings[key], **value} if key in PART_SETTINGS.values() else value
+    if check_parts and "loss" in given and "penalty" not in given and settings["loss"] and settings["penalty"]:
+        # `--preset rdpo --loss rdpo`: the preset's penalty is the one the new loss includes; its options now tune
+        # that included penalty (the same method), rather than being refused as counted twice
+        if lookup("loss", settings["loss"]).penalty == settings["penalty"]:
+            settings["penalty"] = None
     for kind, options_key in PART_SETTINGS.items():
         if settings[kind] is None:
             implied = _implied_penalty(settings, lookup) if kind == "penalty" and check_parts else None
@@ -646,8 +652,9 @@ def merge_settings(
         loss = lookup("loss", settings["loss"])
         if loss.penalty is not None:
             raise OptionError(
-                f"penalty: loss {loss.name!r} already includes the {loss.penalty!r} penalty; asking for penalty "
-                f"{settings['penalty']!r} as well would count it twice"
+                f"penalty: loss {loss.name!r} already includes the {loss.penalty!r} penalty; penalty "
+                f"{settings['penalty']!r} ({'given' if 'penalty' in given else 'from ' + where}) as well would "
+                f"count it twice (--penalty none drops it)"
             )
     return settings
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from rdpo_zoo.errors import UserInputError
+
 __all__ = ["Reward", "RewardNotDifferentiableError", "CombinedReward", "RewardSpecError", "parse_reward_spec",
            "split_reward_options"]
 
@@ -73,7 +75,7 @@ class Reward:
 # ---------------------------------------------------------------------------------------------------------------
 # Combined rewards: ``world-fidelity+world-aesthetic:0.5``.
 
-class RewardSpecError(ValueError):
+class RewardSpecError(UserInputError):
     """A reward specification (``NAME[:WEIGHT]+NAME[:WEIGHT]...``) that cannot be read; the message names it."""
 
 

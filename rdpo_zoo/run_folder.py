@@ -27,7 +27,7 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
 #: What a run writes into its folder (besides its checkpoints).
 RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "eval.png")
-RUN_FOLDERS = ("lora", "tensorboard")
+RUN_FOLDERS = ("lora", "tensorboard", "wandb")
 _CHECKPOINT = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)")
 _LEFTOVER = re.compile(r"\.(?:tmp|old)-(.+)-\d+")  # an atomic write that was interrupted (see atomic_write_text)
 

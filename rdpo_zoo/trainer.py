@@ -82,21 +82,26 @@ class Trainer:
         self.registry = registry or get_registry()
         m, run = self.method, self.run
         self._check_combination()
+        self.output_dir = Path(run.output_dir)
+        trackers = _trackers(run.report_to, self.output_dir)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation,
-            cpu=not torch.cuda.is_available(),
+            cpu=not torch.cuda.is_available(), log_with=trackers or None,
         )
-        self.output_dir = Path(run.output_dir)
+        if accelerator is not None and trackers:  # a caller's accelerator: add ours to the trackers it starts
+            accelerator.log_with = list(accelerator.log_with) + trackers
         self._check_output_dir()
         self.reward = build_reward(run.reward, run.reward_options, self.registry)
         self.estimator = None
         if m["estimator"] is not None and m["rollout"] != "single":
             self.estimator = self.registry.get("estimator", m["estimator"]).build(m["estimator_options"])
+            _check_estimator_kind(m, self.estimator, pairwise=True)
         loss_part = self.registry.get("loss", m["loss"])
         self.per_sample = m["rollout"] == "single"
         if self.per_sample:
             self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
             self.advantages = self.registry.get("estimator", m["estimator"] or "advantage").build(m["estimator_options"])
+            _check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
         else:
             self.objective = build_loss(loss_part, m["loss_options"], m["penalty"], m["penalty_options"] or None,
@@ -115,7 +120,6 @@ class Trainer:
             self.offline = load_offline_pairs(run.offline_pairs, self.model)
         self.iteration = 0
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        self._tensorboard = None
 
     # ---------------------------------------------------------------------------------------------- setup
     def _check_output_dir(self) -> None:
@@ -197,11 +201,14 @@ class Trainer:
         device = self.accelerator.device
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision,
                                                                              torch.float32)
+        from rdpo_zoo.quiet import quiet_loading
+
         for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False)
-                module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
+                with quiet_loading():  # diffusers warns on any dtype given to .to(), even with nothing to keep fp32
+                    module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
         unet = pipe.unet
         targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()]
         # peft draws the initial LoRA from torch's global generator: seed it from the run's seed for the draw only
@@ -480,7 +487,7 @@ class Trainer:
             self._write_config()
             if start == 0 and self.metrics_path.exists():
                 self.metrics_path.unlink()  # a fresh run; a resumed one keeps (and trims) its metrics
-        self._open_tensorboard()
+        self._start_trackers()
         progress = tqdm(range(start, run.iterations), desc="train", initial=start, total=run.iterations,
                         disable=run.quiet or not sys.stderr.isatty() or not acc.is_main_process)
         for iteration in progress:
@@ -496,8 +503,8 @@ class Trainer:
         evaluation = {}
         if run.eval_samples:
             evaluation = self.evaluate()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for tracker in acc.trackers:
+            tracker.finish()
         return evaluation
 
     # ---------------------------------------------------------------------------------------------- outputs
@@ -511,24 +518,25 @@ class Trainer:
         }
         _atomic_write_text(self.output_dir / "config.json", json.dumps(data, indent=2, default=str))
 
-    def _open_tensorboard(self) -> None:
-        if not self.accelerator.is_main_process:
+    def _start_trackers(self) -> None:
+        """Start accelerate's trackers (``--report-to``); W&B also gets the configuration, flattened (TensorBoard
+        would write it as hparams into a folder of its own; config.json holds it anyway)."""
+        if not self.accelerator.log_with:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional
-            return
-        self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        flat = {}
+        for section, values in self.config.to_dict().items():
+            for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+                flat[f"{section}.{key}".rstrip(".")] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        self.accelerator.init_trackers("rdpo-zoo", config=flat if self.run.report_to == "wandb" else None)
 
     def _log(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "iteration" and value is not None:
-                    self._tensorboard.add_scalar(key, value, record["iteration"])
+        if self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"},
+                                 step=record["iteration"])
         if not self.run.quiet and not sys.stderr.isatty():
             keys = ("reward_mean", "loss", "accuracy", "r_w", "r_l", "pairs")
             logger.info("iteration %d: %s", record["iteration"],
@@ -677,10 +685,13 @@ class Trainer:
         rewards, trained, notes = report_rewards(self.registry, self.run.reward, self.reward, prompts)
         samples = {}
         main = self.accelerator.is_main_process
+        show = not self.run.quiet and main
+        if show:
+            logger.info("final evaluation: base and tuned on %d held-out prompt/seed pairs (%s prompts)", n,
+                        self.run.eval_prompts)
         with self.accelerator.autocast():
             report = compare_models(self.model, prompts, [self.run.seed], rewards, trained,
-                                    self.run.eval_batch_size, notes=notes, keep=samples,
-                                    show_progress=main and not self.run.quiet)
+                                    self.run.eval_batch_size, notes=notes, keep=samples, show_progress=show)
         report.update(reward=self.run.reward, prompt_set=self.run.eval_prompts)
         if main:
             _atomic_write_text(self.output_dir / "eval.json", json.dumps(report, indent=2))
@@ -701,6 +712,44 @@ def _short_prompt(prompt: str) -> str:
     return " ".join(words)
 
 
+def _trackers(report_to: str, output_dir: Path) -> list:
+    """accelerate's tracker for ``--report-to`` (none: no tracker; metrics.jsonl is always written). TensorBoard
+    writes under ``output_dir/tensorboard``; W&B runs offline into ``output_dir/wandb`` unless WANDB_MODE says
+    otherwise. A tracker whose package is missing is refused here, before anything is built."""
+    import importlib.util
+
+    from rdpo_zoo.errors import UserInputError
+
+    if report_to in (None, "none"):
+        return []
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package is None:
+        raise UserInputError(f"--report-to: expected tensorboard, wandb or none, got {report_to!r}")
+    if importlib.util.find_spec(package) is None:
+        raise UserInputError(f"--report-to {report_to}: the {package} package is not installed "
+                             f"(pip install {package}), or pass --report-to none")
+    if report_to == "tensorboard":
+        from accelerate.tracking import TensorBoardTracker
+
+        return [TensorBoardTracker("tensorboard", str(output_dir))]
+    from accelerate.tracking import WandBTracker
+
+    return [WandBTracker("rdpo-zoo", mode=os.environ.get("WANDB_MODE", "offline"), dir=str(output_dir))]
+
+
+def _check_estimator_kind(method: dict, estimator, pairwise: bool) -> None:
+    """A pair rollout needs a step-pair estimator; a single-trajectory rollout a per-sample advantage (DDPO's)."""
+    from rdpo_zoo.estimators import Estimator
+
+    if pairwise and not isinstance(estimator, Estimator):
+        raise ValueError(f"estimator: {method['estimator']!r} scores single trajectories (rollout single, loss "
+                         f"ppo-clip); rollout {method['rollout']!r} needs a step-pair estimator such as delta-q, "
+                         "x0-hat or final-order")
+    if not pairwise and isinstance(estimator, Estimator):
+        raise ValueError(f"estimator: {method['estimator']!r} labels step pairs; rollout 'single' needs a "
+                         "per-sample advantage estimator (advantage)")
+
+
 def _fsync_dir(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
@@ -709,7 +758,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an older folder of the same name is moved aside first, then removed."""
+    """Move a finished folder into place; an older folder of the same name is moved aside first, then removed.
+    Its files get the mode the umask gives new files (safetensors writes 0600: a shared run folder's LoRA could not
+    be read by anyone else)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
     if final.exists():
         aside = final.with_name(f".old-{final.name}-{os.getpid()}")
         os.replace(final, aside)

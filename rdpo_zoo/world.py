@@ -180,24 +180,36 @@ def ood_prompts() -> List[str]:
 PROMPT_SETS = {"train": train_prompts, "ood": ood_prompts, "all": all_prompts}
 
 
-def prompt_set(name_or_path: str) -> List[str]:
+def prompt_set(name_or_path: str, option: str = "prompts") -> List[str]:
     """Prompts by set name (``train``, ``ood``, ``all``) or from a text file with one prompt per line.
 
     Blank lines and lines starting with ``#`` are skipped. A file's prompts need not be world prompts (a hub model's
-    prompt list is fine); world rewards will refuse prompts they cannot read.
+    prompt list is fine); world rewards will refuse prompts they cannot read. A missing, empty or non-text file is a
+    :class:`~rdpo_zoo.errors.UserInputError` that names ``option`` and the file.
     """
+    from rdpo_zoo.errors import UserInputError
+
     if name_or_path in PROMPT_SETS:
         return PROMPT_SETS[name_or_path]()
     path = Path(name_or_path)
     if not path.is_file():
-        raise ValueError(
-            f"prompts: expected a set name ({', '.join(PROMPT_SETS)}) or a text file of one prompt per line; "
+        raise UserInputError(
+            f"{option}: expected a set name ({', '.join(PROMPT_SETS)}) or a text file of one prompt per line; "
             f"{name_or_path!r} is neither"
         )
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{option}: {name_or_path!r} is not a UTF-8 text file (byte {error.start}); expected "
+                             "one prompt per line") from None
+    if "\x00" in text:
+        raise UserInputError(f"{option}: {name_or_path!r} holds NUL bytes (a binary file?); expected one prompt per "
+                             "line")
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
-        raise ValueError(f"prompts: the file {name_or_path!r} has no prompts")
+        raise UserInputError(f"{option}: the file {name_or_path!r} has no prompts (blank lines and # comments "
+                             "do not count)")
     return prompts
 
 

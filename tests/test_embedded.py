@@ -76,7 +76,8 @@ def test_cli_sample(tmp_path):
 
     out = tmp_path / "samples"
     result = CliRunner().invoke(
-        main, ["sample", "--model", "tiny", "--prompts", "ood", "-n", "3", "--steps", "2", "--seed", "1", "--out", str(out)]
+        main, ["sample", "--model", "tiny", "--prompts", "ood", "-n", "3", "--num-steps", "2", "--seed", "1",
+              "--output-dir", str(out)]
     )
     assert result.exit_code == 0, result.output
     assert (out / "grid.png").is_file()
@@ -92,7 +93,7 @@ def test_cli_sample_rejects_an_unknown_prompt_set(tmp_path):
 
     from rdpo_zoo.cli import main
 
-    result = CliRunner().invoke(main, ["sample", "--prompts", "nope", "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["sample", "--prompts", "nope", "--output-dir", str(tmp_path)])
     assert result.exit_code != 0 and "--prompts" in result.output
 
 

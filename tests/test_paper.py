@@ -76,3 +76,13 @@ def test_every_cached_run_is_found_by_the_key_of_its_stored_spec():
             key["weights"] = stored["key"]["weights"]
         assert key == stored["key"], folder.name
     assert other_weights <= 6
+
+
+def test_threads_and_trackers_stay_out_of_the_cache_key(monkeypatch):
+    """Settings that cannot change a run's numbers (CPU threads, --report-to) do not rename its cached folder."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import runs
+
+    spec = runs.RunSpec("d3po")
+    assert not {"threads", "report_to", "output_dir"} & set(spec.key()["config"]["run"])
+    assert runs.RunSpec("d3po", run={"threads": 3, "report_to": "tensorboard"}).digest() == spec.digest()

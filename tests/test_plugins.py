@@ -533,8 +533,14 @@ def test_merge_settings_overrides(presets_registry):
         rdpo_zoo.merge_settings("d3po", {"loss_options": {"betta": 1}})
     with pytest.raises(OptionError, match="overrides setting 'eta': expected float >= 0 or none, got -1"):
         rdpo_zoo.merge_settings("d3po", {"eta": -1})
-    with pytest.raises(OptionError, match="already includes the 'psi' penalty"):
-        rdpo_zoo.merge_settings("rdpo", {"loss": "rdpo"})
+    # the rdpo preset's penalty is the one loss rdpo includes: the same method, not a double count (issue 22)
+    s = rdpo_zoo.merge_settings("rdpo", {"loss": "rdpo"})
+    assert s["loss"] == "rdpo" and s["penalty"] is None
+    assert s["penalty_options"] == {"lambda": 0.1, "placement": "inside"}
+    with pytest.raises(OptionError, match="already includes the 'psi' penalty; penalty 'psi' .given."):
+        rdpo_zoo.merge_settings("rdpo", {"loss": "rdpo", "penalty": "psi"})
+    with pytest.raises(OptionError, match="penalty 'dpop' .from preset. as well would count it twice"):
+        rdpo_zoo.merge_settings({"loss": "dpo", "penalty": "dpop"}, {"loss": "rdpo"})
     with pytest.raises(UnknownPartError, match="unknown preset 'rdpp'"):
         rdpo_zoo.merge_settings("rdpp")
     # a part the preset names but nobody registered fails at merge time, unless parts are not checked

@@ -99,7 +99,9 @@ class RunSpec:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
         _drop_new_defaults(config)
-        config["run"].pop("output_dir")
+        # where the outputs go, and settings that cannot change them (CPU threads, trackers), stay out of the hash
+        for name in ("output_dir", "threads", "report_to"):
+            config["run"].pop(name, None)
         key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
                "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}

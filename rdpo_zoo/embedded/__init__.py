@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from rdpo_zoo.errors import UserInputError
+
 if TYPE_CHECKING:  # annotations only: importing this module must stay cheap
     import torch
 
@@ -22,7 +24,7 @@ TINY = "tiny"
 _HERE = Path(__file__).resolve().parent
 
 
-class EmbeddedModelMissingError(FileNotFoundError):
+class EmbeddedModelMissingError(UserInputError, FileNotFoundError):
     """The package was built without the embedded weights."""
 
 
@@ -41,13 +43,16 @@ def load_tiny_pipeline(device: Union[str, "torch.device"] = "cpu", dtype=None, p
     """The embedded ``StableDiffusionPipeline`` on ``device`` in ``dtype`` (float32 by default; the stored fp16
     weights are upcast), progress bars off. ``path`` loads another folder of the same layout."""
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    from rdpo_zoo.quiet import quiet_loading
 
     dtype = torch.float32 if dtype is None else dtype
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
     folder = Path(path) if path is not None else tiny_path()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loading():
+        from diffusers import StableDiffusionPipeline
+
         # diffusers >= 0.40 renames torch_dtype to dtype; the old name works on every version the package supports.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -57,20 +62,35 @@ def load_tiny_pipeline(device: Union[str, "torch.device"] = "cpu", dtype=None, p
     return pipe.to(device)
 
 
-def load_pipeline(model: str = TINY, device: Union[str, "torch.device"] = "cpu", dtype=None):
+def load_pipeline(model: str = TINY, device: Union[str, "torch.device"] = "cpu", dtype=None, option: str = "model"):
     """A ``StableDiffusionPipeline`` by name: ``tiny`` (the embedded model), a local pipeline folder, or a hub id
-    (the only case that touches the network, and only because the user named it)."""
+    (the only case that touches the network, and only because the user named it). A path that is not a pipeline
+    folder, or a hub id that cannot be loaded, is a :class:`~rdpo_zoo.errors.UserInputError` naming ``option``."""
     if not isinstance(model, str) or not model:
-        raise ValueError(f"model: expected 'tiny', a pipeline folder or a hub id, got {model!r}")
+        raise UserInputError(f"{option}: expected 'tiny', a pipeline folder or a hub id, got {model!r}")
     if model == TINY:
         return load_tiny_pipeline(device=device, dtype=dtype)
-    if Path(model).is_dir():
-        return load_tiny_pipeline(device=device, dtype=dtype, path=Path(model))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserInputError(f"{option}: {model!r} is a folder without model_index.json; expected a diffusers "
+                                 "pipeline folder")
+        return load_tiny_pipeline(device=device, dtype=dtype, path=path)
+    if path.exists() or model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
+        raise UserInputError(f"{option}: {model!r} is not a folder; expected 'tiny', a pipeline folder or a hub id "
+                             "(org/name)")
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype or torch.float32
-    )
+    from rdpo_zoo.quiet import quiet_loading
+
+    with quiet_loading():
+        from diffusers import StableDiffusionPipeline
+
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype or torch.float32
+            )
+        except OSError as error:  # not on the hub, not in the cache, or offline
+            raise UserInputError(f"{option}: cannot load the hub model {model!r}: {error}") from error
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
