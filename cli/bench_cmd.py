@@ -69,14 +69,23 @@ def _csv(kind: str, cast=str):
               help="GPU: programs the streaming grids aim for per SM (8).")
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
+@click.option("--host", is_flag=True,
+              help="Measure the host cost per call instead (no GPU needed): Triton's dispatch with only the driver's "
+                   "launch stubbed, the general and the lean launch path side by side, the trainer's coefficients "
+                   "included (kernels/host_bench.py).")
+@click.option("--calls", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="--host: timed calls per figure (the median of them; at one torch thread).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms) -> None:
+          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, host, calls) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
     the fraction of the device's copy bandwidth measured in the same run, speed-ups, and peak memory on CUDA.
     On the CPU the Triton path needs --interpret (a smoke test); the targets are for a GPU (docs/kernels.md).
     """
+    if host:
+        _bench_host(calls, json_path)
+        return
     if interpret:
         # before the kernels are first defined: Triton reads it when a @triton.jit function is created
         os.environ["TRITON_INTERPRET"] = "1"
@@ -143,3 +152,27 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
                    + ("passed" if result["check"]["passed"] else "FAILED"))
         if not result["check"]["passed"]:
             raise SystemExit(1)
+
+
+def _write_json(result: dict, json_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(json_path)
+    click.echo(f"wrote {json_path}")
+
+
+def _bench_host(calls: int, json_path) -> None:
+    from rdpo_zoo.kernels import host_bench
+
+    try:
+        result = host_bench.run_host_bench(calls=calls)
+    except RuntimeError as error:
+        raise click.ClickException(str(error))
+    click.echo(result["what"])
+    click.echo(host_bench.format_host_table(result))
+    worst = host_bench.summary(result)
+    click.echo(f"forward + backward: the lean path is {worst:.2f}x or more below the general path (every row)")
+    if json_path is not None:
+        host_bench.validate_host_result(result)
+        _write_json(result, json_path)

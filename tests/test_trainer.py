@@ -144,8 +144,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monk
     original = trainer.pair_loss
     calls = {"n": 0}
 
-    def poisoned(pairs):
-        loss, r = original(pairs)
+    def poisoned(pairs, *args):
+        loss, r = original(pairs, *args)
         calls["n"] += 1
         return (loss * float("nan"), r) if trainer.iteration >= 1 else (loss, r)
 
