@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 _CHOICES = dict(
-    providers=("triton", "eager", "compile"),
+    providers=("triton", "eager", "compile", "compile-ro"),
     modes=("forward", "full"),
     dtypes=("fp32", "bf16", "fp16", "mixed"),
     layouts=("shared", "per-branch", "noised"),
@@ -46,7 +46,8 @@ def _csv(kind: str, cast=str):
 @click.option("--op", type=click.Choice(["preference_loss", "paired_log_ratios"]), default="preference_loss",
               show_default=True, help="The fused op to time.")
 @click.option("--providers", callback=_csv("providers"),
-              help="Comma-separated subset of triton,eager,compile (default: all that can run here).")
+              help="Comma-separated subset of triton,eager,compile (default: all that can run here); --device-time "
+                   "also compile-ro (torch.compile mode reduce-overhead).")
 @click.option("--modes", callback=_csv("modes"), help="forward and/or full (forward+backward); default both.")
 @click.option("--P", "P", callback=_csv("P", int), help="Comma-separated pair counts (overrides the grid).")
 @click.option("--D", "D", callback=_csv("D", int), help="Comma-separated latent sizes (overrides the grid).")
@@ -69,6 +70,13 @@ def _csv(kind: str, cast=str):
               help="GPU: programs the streaming grids aim for per SM (8).")
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
+@click.option("--device-time", is_flag=True,
+              help="The device benchmark: wall time of back-to-back calls and device time from CUDA-graph replay, "
+                   "P·D from 2^20 to 2^26, copy bandwidth at each size, host-bound rows marked, eager and "
+                   "torch.compile (default and reduce-overhead, dynamic=False) of the maths alone as baselines "
+                   "(kernels/device_bench.py). On the CPU: wall times only.")
+@click.option("--compile-sizes", callback=_csv("compile-sizes", int),
+              help="--device-time: the P·D values where the torch.compile baselines run (default 2^20,2^22,2^24).")
 @click.option("--host", is_flag=True,
               help="Measure the host cost per call instead (no GPU needed): Triton's dispatch with only the driver's "
                    "launch stubbed, the general and the lean launch path side by side, the trainer's coefficients "
@@ -76,7 +84,8 @@ def _csv(kind: str, cast=str):
 @click.option("--calls", type=click.IntRange(min=1), default=1000, show_default=True,
               help="--host: timed calls per figure (the median of them; at one torch thread).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, host, calls) -> None:
+          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, device_time, compile_sizes, host,
+          calls) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
@@ -101,6 +110,12 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         device = "cpu" if interpret or not torch.cuda.is_available() else "cuda"
     if interpret and torch.device(device).type != "cpu":
         raise click.UsageError("--interpret runs on the CPU; drop --device")
+    if device_time:
+        _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, loss, penalty, beta, psi_lambda,
+                      threads, rep_ms, compile_sizes, json_path)
+        return
+    if providers is not None and "compile-ro" in providers:
+        raise click.UsageError("--providers: compile-ro is a provider of --device-time only")
     grid = dict(kbench.GRIDS["interpret" if interpret else ("quick" if quick else "full")])
     for key, value in (("P", P), ("D", D), ("dtype", dtypes), ("layout", layouts)):
         if value is not None:
@@ -175,4 +190,33 @@ def _bench_host(calls: int, json_path) -> None:
     click.echo(f"forward + backward: the lean path is {worst:.2f}x or more below the general path (every row)")
     if json_path is not None:
         host_bench.validate_host_result(result)
+        _write_json(result, json_path)
+
+
+def _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, loss, penalty, beta, psi_lambda, threads,
+                  rep_ms, compile_sizes, json_path) -> None:
+    import torch
+
+    from rdpo_zoo.kernels import device_bench
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    grid = dict(device_bench.DEVICE_GRIDS["interpret" if interpret else "device"])
+    for key, value in (("P", P), ("D", D), ("dtype", dtypes), ("layout", layouts)):
+        if value is not None:
+            grid[key] = value
+    if providers is None:
+        providers = device_bench.DEVICE_PROVIDERS
+    result = device_bench.run_device_bench(
+        grid, providers=providers, modes=modes or ("forward", "full"), device=device,
+        loss_kwargs=dict(loss=loss, beta=beta, penalty=penalty, psi_lambda=psi_lambda),
+        budget_ms=rep_ms if rep_ms is not None else 50.0,
+        compile_sizes=compile_sizes or device_bench.COMPILE_SIZES, log=lambda line: click.echo(line, err=True))
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    v = result["versions"]
+    click.echo(f"{result['op']} on {result['device']} (torch {v['torch']}, triton {v['triton']}; {result['timer']})")
+    click.echo(device_bench.format_device_table(result))
+    if json_path is not None:
+        device_bench.validate_device_result(result)
         _write_json(result, json_path)

@@ -195,3 +195,37 @@ def test_validate_result_rejects_bad_rows():
     del bad["rows"][0]["unit"]
     with pytest.raises(ValueError, match="keys"):
         kbench.validate_result(bad)
+
+
+def test_bench_device_time_on_the_cpu_runs_wall_times_and_says_the_rest_is_cuda_only(tmp_path):
+    """--device-time under the interpreter: wall times of the fused op and the eager maths, the copy at each size;
+    no device times off CUDA (said in the notes); the JSON validates."""
+    from rdpo_zoo.kernels import device_bench
+
+    path = tmp_path / "device.json"
+    done = _run(["bench", "--device-time", "--interpret", "--providers", "triton,eager", "--P", "2", "--D", "64",
+                 "--rep-ms", "2", "--json", str(path)])
+    assert "host-bound" in done.stdout and "CUDA-only" in done.stdout
+    result = json.loads(path.read_text())
+    device_bench.validate_device_result(result)
+    metrics = {(r["provider"], r["mode"], r["metric"]) for r in result["rows"]}
+    for provider in ("copy", "triton", "eager"):
+        for mode in ("forward", "full"):
+            assert (provider, mode, "wall_time") in metrics
+    assert ("triton", "full", "wall_speedup_vs_eager") in metrics and ("model", "full", "bytes_min") in metrics
+    assert not any(m == "device_time" for _, _, m in metrics)
+
+
+def test_the_maths_alone_baseline_is_the_reference_loss():
+    from rdpo_zoo import losses, reference
+    from rdpo_zoo.kernels import device_bench
+
+    for layout in ("shared", "per-branch", "noised"):
+        inputs = kbench.make_inputs(kbench.Point(3, 50, "fp32", layout), "cpu")
+        args = [inputs[k] for k in ("y", "x_t", "o_theta", "o_ref", "a", "b", "sigma")]
+        kwargs = dict(loss="dpo", beta=0.5, penalty="psi", psi_lambda=2.0)
+        got = device_bench.maths_loss(*args, kwargs)
+        want = losses.preference_loss(reference.paired_log_ratios(*args), **kwargs)
+        assert torch.allclose(got, want, rtol=1e-5)
+        g_got, g_want = (torch.autograd.grad(v, inputs["o_theta"])[0] for v in (got, want))
+        assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-8)
