@@ -77,6 +77,14 @@ def _csv(kind: str, cast=str):
                    "(kernels/device_bench.py). On the CPU: wall times only.")
 @click.option("--compile-sizes", callback=_csv("compile-sizes", int),
               help="--device-time: the P·D values where the torch.compile baselines run (default 2^20,2^22,2^24).")
+@click.option("--train", is_flag=True,
+              help="One training iteration of the trainer (branching and trajectory pairs, gradient checkpointing "
+                   "off and on) on a random SD-1.5-shaped model at 512×512, timed, beside a plain-loop optimisation "
+                   "(rdpo_zoo/train_bench.py; needs diffusers, peft, accelerate).")
+@click.option("--train-size", type=click.Choice(["sd15", "tiny"]), default="sd15", show_default=True,
+              help="--train: the model's shape (tiny: a CPU-sized smoke run).")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
+              help="--train: the trainer's mixed precision (default: bf16 on CUDA, no on the CPU).")
 @click.option("--host", is_flag=True,
               help="Measure the host cost per call instead (no GPU needed): Triton's dispatch with only the driver's "
                    "launch stubbed, the general and the lean launch path side by side, the trainer's coefficients "
@@ -84,8 +92,8 @@ def _csv(kind: str, cast=str):
 @click.option("--calls", type=click.IntRange(min=1), default=1000, show_default=True,
               help="--host: timed calls per figure (the median of them; at one torch thread).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, device_time, compile_sizes, host,
-          calls) -> None:
+          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, device_time, compile_sizes, train,
+          train_size, mixed_precision, host, calls) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
@@ -94,6 +102,9 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
     """
     if host:
         _bench_host(calls, json_path)
+        return
+    if train:
+        _bench_train(train_size, device, mixed_precision, threads, json_path)
         return
     if interpret:
         # before the kernels are first defined: Triton reads it when a @triton.jit function is created
@@ -219,4 +230,28 @@ def _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, lo
     click.echo(device_bench.format_device_table(result))
     if json_path is not None:
         device_bench.validate_device_result(result)
+        _write_json(result, json_path)
+
+
+def _bench_train(size: str, device, mixed_precision, threads, json_path) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        from rdpo_zoo import train_bench
+        import diffusers  # noqa: F401 - the trainer's stack, asked for here only
+    except ImportError as error:
+        raise click.ClickException(f"--train needs the trainer's stack (diffusers, peft, accelerate): {error}")
+
+    def partial(result):  # each configuration as it finishes: a stage cut short by its time limit keeps them
+        if json_path is not None:
+            _write_json(result, json_path)
+
+    result = train_bench.run_train_bench(size, device=device, mixed_precision=mixed_precision, on_record=partial,
+                                         log=lambda line: click.echo(line, err=True))
+    click.echo(f"one training iteration on {result['device']}, {size}, mixed precision {result['mixed_precision']} "
+               f"({result['what']})")
+    click.echo(train_bench.format_train_table(result))
+    if json_path is not None:
         _write_json(result, json_path)

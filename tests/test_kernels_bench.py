@@ -229,3 +229,40 @@ def test_the_maths_alone_baseline_is_the_reference_loss():
         assert torch.allclose(got, want, rtol=1e-5)
         g_got, g_want = (torch.autograd.grad(v, inputs["o_theta"])[0] for v in (got, want))
         assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-8)
+
+
+def test_bench_train_tiny_times_an_iteration_of_each_rollout_beside_the_plain_loop(tmp_path):
+    path = tmp_path / "train.json"
+    done = _run(["bench", "--train", "--train-size", "tiny", "--device", "cpu", "--threads", "1",
+                 "--json", str(path)], env=_env(RDPO_ZOO_PLUGINS="builtin"))
+    assert "UNet evals/s" in done.stdout and "plain optimise s" in done.stdout
+    result = json.loads(path.read_text())
+    assert result["schema"] == "rdpo-zoo.bench-train/1" and result["size"] == "tiny"
+    configs = {(r["rollout"], r["gradient_checkpointing"]) for r in result["records"]}
+    assert configs == {(r, c) for r in ("branching", "trajectory") for c in (False, True)}
+    for record in result["records"]:
+        s = record["seconds"]
+        assert record["pairs"] > 0 and record["unet_evaluations"] > 0 and not record["warm_up"]
+        assert 0 < s["reward"] < s["rollout"] < s["total"] and 0 < s["loss"] < s["optimise"] < s["total"]
+        assert record["plain_loop"]["optimise_seconds"] > 0 and record["plain_loop"]["loss_seconds"] > 0
+
+
+def test_bench_imports_without_diffusers_until_train_is_asked_for():
+    """`rdpo-zoo bench` (and --host, --device-time) must run on a GPU machine with torch and triton only."""
+    code = textwrap.dedent("""
+        import builtins, sys
+        real = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name.split(".")[0] in ("diffusers", "peft", "transformers", "accelerate"):
+                raise ImportError(f"no {name} here")
+            return real(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        import rdpo_zoo.cli.bench_cmd, rdpo_zoo.kernels.bench, rdpo_zoo.kernels.device_bench
+        import rdpo_zoo.kernels.host_bench, rdpo_zoo.train_bench
+        from click.testing import CliRunner
+        out = CliRunner().invoke(rdpo_zoo.cli.bench_cmd.bench, ["--train", "--train-size", "tiny"])
+        assert out.exit_code != 0 and "needs the trainer's stack" in out.output, out.output
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
