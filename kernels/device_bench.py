@@ -102,7 +102,7 @@ def wall_time(fn: Callable, device, budget_ms: float, rounds: int = 7) -> tuple[
     return _stats(out)
 
 
-def device_time(fn: Callable, device, per_graph: int = 5, rounds: int = 7, replays: int = 5):
+def device_time(fn: Callable, device, per_graph: int = 3, rounds: int = 5, replays: int = 4):
     """ms per call from CUDA-graph replay: ``per_graph`` calls captured once, replayed ``replays`` times per round
     between two CUDA events; median, p20, p80 over ``rounds``. ``None`` off CUDA."""
     if device.type != "cuda":
