@@ -174,13 +174,7 @@ class _Plan:
     backward: dict = field(default_factory=dict)
     numbers: dict = field(default_factory=dict)  # host blocks of coefficients given as numbers
     guard: bool = False  # on a CUDA device: launch there even when another device is current
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def __post_init__(self):
-        self._size = sum(self.split)
+    size: int = 0  # of the workspace, in elements
 
     def backward_launcher(self, needs: tuple, c_strides: tuple, c_dtype, c_aligned: bool):
         """``(launcher, gradient stride arguments)`` of the backward kernel for this combination."""
@@ -237,7 +231,7 @@ def _build_plan(op, y, x_t, o_theta, o_ref, spec, mean, fused) -> _Plan:
                  (*ys[:3], *xs[:3], *ots[:3], *ors[:3]), (ys[3], xs[3], ots[3], ors[3]),
                  tuple(None if t is None else tuple(t.shape) for t in (y, x_t, o_theta, o_ref)), split,
                  partials, epilogue, (*ys[:3], *xs[:3], *ots[:3], *ors[:3], D, config.chunk, n), epilogue_args,
-                 guard=guard)
+                 guard=guard, size=sum(split))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,8 +464,9 @@ def _key(op, extra, y, x_t, o_theta, o_ref, reduction, min_sigma, backend):
     if not (isinstance(y, torch.Tensor) and isinstance(o_theta, torch.Tensor) and isinstance(o_ref, torch.Tensor)
             and (x_t is None or isinstance(x_t, torch.Tensor)) and y.dim() in (2, 3)):
         return None
-    return (op, extra, _tensor_key(y), _tensor_key(x_t), _tensor_key(o_theta), _tensor_key(o_ref), reduction,
-            min_sigma, backend)
+    # the types too: True == 1 as a key, but beta=True is an error and beta=1 is not
+    return (op, extra, None if extra is None else tuple(map(type, extra)), _tensor_key(y), _tensor_key(x_t),
+            _tensor_key(o_theta), _tensor_key(o_ref), reduction, min_sigma, type(min_sigma), backend)
 
 
 def _lookup(key, build):

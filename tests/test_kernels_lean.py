@@ -338,3 +338,11 @@ def test_bench_host_writes_both_paths_and_the_trainers_in_its_json(tmp_path):
         if row["path"] == "lean" and row["mode"] == "full":
             assert "zeros" not in row["operators"]
     assert len(result["ratios"]) == len(rows) // 2 and all(r["general_over_lean"] > 0 for r in result["ratios"])
+
+
+@needs_interpreter
+def test_a_plan_for_beta_1_does_not_take_a_call_with_beta_true():
+    y, x, ot, orf, a, b, sigma = _inputs(P=2, D=16)
+    K.preference_loss(y, x, ot, orf, a, b, sigma, beta=1, backend="triton")
+    with pytest.raises(ValueError, match="beta: expected a finite number, got True"):
+        K.preference_loss(y, x, ot, orf, a, b, sigma, beta=True, backend="triton")
