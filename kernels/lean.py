@@ -177,7 +177,7 @@ class _Plan:
     size: int = 0  # of the workspace, in elements
 
     def backward_launcher(self, needs: tuple, c_strides: tuple, c_dtype, c_aligned: bool):
-        """``(launcher, gradient stride arguments)`` of the backward kernel for this combination."""
+        """``(launcher, its arguments after the pointers)`` of the backward kernel for this combination."""
         key = (needs, c_strides, c_dtype, c_aligned)
         found = self.backward.get(key)
         if found is None:
@@ -192,7 +192,9 @@ class _Plan:
                 LOAD_T=need_ot or need_or, LOAD_OT=need_ot or need_y or need_x, LOAD_OR=need_or or need_y or need_x,
                 ACC=acc, BLOCK_D=self.config.block_d, num_warps=self.config.num_warps))
             layout = tuple(v for need, shape in zip(needs, self.shapes) for v in _grad_layout(shape if need else None))
-            found = self.backward[key] = (launcher, layout)
+            # every argument after the pointers: strides, the gradients' layout, c's strides, D, the chunk
+            tail = (*self.strides, *layout, *c_strides, self.D, self.config.chunk)
+            found = self.backward[key] = (launcher, tail)
         return found
 
 
@@ -364,25 +366,24 @@ def _backward(plan: _Plan, needs, inputs, coefficients, c, c_strides, g):
     y, x_t, o_theta, o_ref = inputs
     if x_t is None and needs[1]:
         needs = (needs[0], False, needs[2], needs[3])
-    if not any(needs):
-        return [None, None, None, None]
-    launcher, layout = plan.backward_launcher(needs, c_strides, c.dtype, c.data_ptr() % 16 == 0)
+    if not (needs[0] or needs[1] or needs[2] or needs[3]):
+        return None, None, None, None
+    launcher, tail = plan.backward_launcher(needs, c_strides, c.dtype, c.data_ptr() % 16 == 0)
     contiguous = torch.contiguous_format
-    grads = [torch.empty_like(t, memory_format=contiguous) if need else None for need, t in zip(needs, inputs)]
+    gy = torch.empty_like(y, memory_format=contiguous) if needs[0] else None
+    gx = torch.empty_like(x_t, memory_format=contiguous) if needs[1] else None
+    got = torch.empty_like(o_theta, memory_format=contiguous) if needs[2] else None
+    gor = torch.empty_like(o_ref, memory_format=contiguous) if needs[3] else None
+    stream = _launch_stream() if launcher.direct is not None else _JIT
+    args = (stream, y, x_t if x_t is not None else y, o_theta, o_ref, *coefficients, c, g if g is not None else c,
+            c if gy is None else gy, c if gx is None else gx, c if got is None else got, c if gor is None else gor,
+            *tail)
     if plan.guard:
         with _DeviceGuard(plan):
-            _launch_backward(plan, launcher, layout, inputs, coefficients, c, c_strides, g, grads)
+            launcher(*args)
     else:
-        _launch_backward(plan, launcher, layout, inputs, coefficients, c, c_strides, g, grads)
-    return grads
-
-
-def _launch_backward(plan, launcher, layout, inputs, coefficients, c, c_strides, g, grads):
-    y, x_t, o_theta, o_ref = inputs
-    gy, gx, got, gor = (gr if gr is not None else c for gr in grads)
-    launcher(_launch_stream() if launcher.direct is not None else _JIT, y, x_t if x_t is not None else y, o_theta, o_ref, *coefficients, c,
-             g if g is not None else c, gy, gx, got, gor, *plan.strides, *layout, *c_strides, plan.D,
-             plan.config.chunk)
+        launcher(*args)
+    return gy, gx, got, gor
 
 
 def _not_twice_differentiable(*args):
