@@ -14,6 +14,10 @@ Both take the arguments of ``rdpo_zoo.reference.paired_log_ratios`` (validated b
   ``TRITON_INTERPRET=1`` in the environment before the first call: that is how the tests run them).
 - ``"reference"``: ``rdpo_zoo.reference`` + ``rdpo_zoo.losses``, plain PyTorch, any device.
 
+Eager calls with the coefficients as numbers or CPU tensors take the lean launch path (``lean.py``: launch plans,
+compiled-kernel launches, no device sync; ``use_lean_path(False)`` switches it off); under ``torch.compile`` the
+calls are the ``rdpo_zoo::`` custom ops of ``custom_ops.py`` (``fullgraph=True`` works).
+
 This package imports torch and the reference maths only; Triton is imported on first use, so it imports (and the
 reference backend works) without Triton, diffusers, peft or transformers.
 """
