@@ -13,18 +13,34 @@ pyver="${1:-3.12}"
 dest=benchmarks/wheels
 mkdir -p "$dest"
 py=${PYTHON:-.venv/bin/python}
-pins=$($py - <<'PY'
+pins=$($py - "$pyver" <<'PY'
+# the dependency closure of the trainer's stack as installed here (markers for CPython $pyver on x86_64 Linux, no
+# extras), pinned to this environment's versions; torch, triton and the CUDA libraries are the image's
+import sys
 from importlib import metadata
-names = ["diffusers", "peft", "accelerate", "transformers", "huggingface-hub", "safetensors", "tokenizers", "regex",
-         "requests", "pillow", "numpy", "pyyaml", "psutil", "tqdm", "packaging", "importlib-metadata", "zipp",
-         "charset-normalizer", "idna", "urllib3", "certifi", "hf-xet", "filelock", "typing-extensions", "fsspec"]
-pins = []
-for name in names:
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+env = default_environment()
+env.update(python_version=sys.argv[1], python_full_version=sys.argv[1] + ".0", sys_platform="linux",
+           platform_system="Linux", platform_machine="x86_64", implementation_name="cpython", extra="")
+skip = {"torch", "triton"}
+todo, seen, pins = ["diffusers", "peft", "accelerate", "transformers"], set(), []
+while todo:
+    name = todo.pop().lower().replace("_", "-")
+    if name in seen or name in skip or name.startswith("nvidia-"):
+        continue
+    seen.add(name)
     try:
         pins.append(f"{name}=={metadata.version(name)}")
     except metadata.PackageNotFoundError:
-        pass
-print(" ".join(pins))
+        continue  # not needed here (a marker this machine does not meet): not fetched
+    for line in metadata.requires(name) or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            todo.append(req.name)
+print(" ".join(sorted(pins)))
 PY
 )
 # binary wheels for the GPU's interpreter and platform; --no-deps: exactly the list above
