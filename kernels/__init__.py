@@ -65,13 +65,20 @@ def _load_triton():
     global _triton_modules, _triton_error
     if _triton_modules is None and _triton_error is None:
         try:
-            _triton_modules = (
+            modules = (
                 importlib.import_module("rdpo_zoo.kernels.log_ratio"),
                 importlib.import_module("rdpo_zoo.kernels.fused_loss"),
-                importlib.import_module("rdpo_zoo.kernels.lean"),
             )
         except ImportError as error:  # triton missing, or a broken install
             _triton_error = error
+        else:
+            try:  # the lean path is an optimisation: a Triton it cannot work with still runs the kernels
+                lean = importlib.import_module("rdpo_zoo.kernels.lean")
+            except Exception as error:  # noqa: BLE001
+                logger.warning("rdpo_zoo.kernels: the lean launch path is off (%s: %s); every call takes the "
+                               "general path", type(error).__name__, error)
+                lean = None
+            _triton_modules = (*modules, lean)
     return _triton_modules
 
 
@@ -143,7 +150,7 @@ class use_lean_path:
 
     def __init__(self, enabled: bool = True):
         modules = _load_triton()
-        self._flag = modules[2].ENABLED if modules is not None else {"on": False}
+        self._flag = modules[2].ENABLED if modules is not None and modules[2] is not None else {"on": False}
         self._saved = self._flag["on"]
         self._flag["on"] = bool(enabled)
 

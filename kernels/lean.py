@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from itertools import repeat
 from math import isfinite
 from operator import gt, mul
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from triton import knobs
 from triton.runtime.driver import driver
 
 from rdpo_zoo.reference import check_paired_inputs
@@ -78,13 +77,38 @@ def _inactive(hook) -> bool:
 _JIT = object()  # "launch through kernel[grid]"
 
 
+def _launch_hooks_of_this_triton():
+    """``() -> (enter_hook, exit_hook)`` where this Triton keeps its launch hooks (``triton.knobs.runtime`` since
+    3.4, ``CompiledKernel`` class attributes before); ``None`` if neither: then no direct launches."""
+    try:
+        from triton import knobs
+
+        runtime = knobs.runtime
+        runtime.launch_enter_hook  # noqa: B018 - the attribute must exist
+        return lambda: (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from triton.compiler.compiler import CompiledKernel
+
+        CompiledKernel.launch_enter_hook  # noqa: B018
+        return lambda: (CompiledKernel.launch_enter_hook, CompiledKernel.launch_exit_hook)
+    except (ImportError, AttributeError):
+        return None
+
+
+_launch_hooks = _launch_hooks_of_this_triton()
+if _launch_hooks is None:
+    DIRECT_LAUNCH["on"] = False
+
+
 def _launch_stream():
     """The current stream, for direct launches; ``_JIT`` when they are off or a profiler's launch hook is set
     (it wants Triton's launch metadata: then every launch goes through ``kernel[grid]``)."""
     if not DIRECT_LAUNCH["on"]:
         return _JIT
-    hooks = knobs.runtime
-    if not (_inactive(hooks.launch_enter_hook) and _inactive(hooks.launch_exit_hook)):
+    enter, leave = _launch_hooks()
+    if not (_inactive(enter) and _inactive(leave)):
         return _JIT
     active = driver.active
     return active.get_current_stream(active.get_current_device())
@@ -101,7 +125,7 @@ class _Launcher:
     level. Under the interpreter there is no compiled kernel: always ``kernel[grid]``.
     """
 
-    __slots__ = ("kernel", "grid", "kwargs", "n_args", "compiled", "direct", "tail", "verified")
+    __slots__ = ("kernel", "grid", "kwargs", "compiled", "direct", "tail", "verified")
 
     def __init__(self, kernel, grid: tuple, kwargs: dict):
         self.kernel, self.grid, self.kwargs = kernel, tuple(grid) + (1,) * (3 - len(grid)), kwargs
@@ -384,11 +408,6 @@ def _backward(plan: _Plan, needs, inputs, coefficients, c, c_strides, g):
     else:
         launcher(*args)
     return gy, gx, got, gor
-
-
-def _not_twice_differentiable(*args):
-    raise RuntimeError("rdpo_zoo.kernels: the fused ops are not twice differentiable (the backward ran with "
-                       "create_graph=True)")
 
 
 class LeanPreferenceLossFunction(torch.autograd.Function):
