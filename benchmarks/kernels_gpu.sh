@@ -5,7 +5,8 @@
 #     bash benchmarks/kernels_gpu.sh [STAGE...]
 #
 # Stages, in priority order (the default runs all, in this order; each is useful alone, each has its own limit, and
-# the limits add up to under 5 minutes with the install; STAGE_SCALE=2 doubles them):
+# the limits add up to 280 s, under 5 minutes with the install; STAGE_SCALE=2 doubles them; the benches write their
+# JSON as they go, so a stage cut short by its limit still brings back what it measured):
 #
 #   tests    CUDA property tests of the fused op (tests/test_kernels.py: through the lean launch path, so the
 #            compiled-kernel launches meet this Triton's launcher) and the reference, if pytest+hypothesis exist
@@ -72,28 +73,28 @@ for want in "$@"; do
         tests)
             if [ -z "$cuda" ]; then skip tests "no CUDA GPU"
             elif $py -c "import pytest, hypothesis" 2>/dev/null; then
-                stage tests 45 env TRITON_INTERPRET=0 $py -P -m pytest -q -x -rf -p no:cacheprovider \
+                stage tests 40 env TRITON_INTERPRET=0 $py -P -m pytest -q -x -rf -p no:cacheprovider \
                     tests/test_kernels.py tests/test_reference.py
             else skip tests "pytest/hypothesis not installed"; fi ;;
         device)
             if [ -z "$cuda" ]; then skip device "no CUDA GPU"
-            else stage device 55 "${bench[@]}" --device-time --providers triton,eager --json "$dir/device.json"; fi ;;
-        host) stage host 25 "${bench[@]}" --host --json "$dir/host.json" ;;
+            else stage device 50 "${bench[@]}" --device-time --providers triton,eager --json "$dir/device.json"; fi ;;
+        host) stage host 20 "${bench[@]}" --host --json "$dir/host.json" ;;
         trainer)
             if [ -z "$trainer_stack" ]; then skip trainer "diffusers/peft/accelerate/transformers missing (see $wheels)"
             elif [ -z "$cuda" ]; then skip trainer "no CUDA GPU (on a CPU: python3 -P benchmarks/gpu_trainer_check.py)"
-            else stage trainer 45 $py -P benchmarks/gpu_trainer_check.py; fi ;;
+            else stage trainer 40 $py -P benchmarks/gpu_trainer_check.py; fi ;;
         train)
             if [ -z "$trainer_stack" ]; then skip train "diffusers/peft/accelerate/transformers missing (see $wheels)"
-            else stage train 75 "${bench[@]}" --train $([ -z "$cuda" ] && echo "--train-size tiny") \
+            else stage train 70 "${bench[@]}" --train $([ -z "$cuda" ] && echo "--train-size tiny") \
                 --json "$dir/train.json"; fi ;;
         compile)
             if [ -z "$cuda" ]; then skip compile "no CUDA GPU"
-            else stage compile 45 "${bench[@]}" --device-time --providers eager,compile,compile-ro --dtypes fp32 \
+            else stage compile 40 "${bench[@]}" --device-time --providers eager,compile,compile-ro --dtypes fp32 \
                 --modes full --D 16384,65536,262144 --json "$dir/compile.json"; fi ;;
         quick)
             if [ -z "$cuda" ]; then skip quick "no CUDA GPU"
-            else stage quick 30 "${bench[@]}" --quick --check --json "$dir/quick.json"; fi ;;
+            else stage quick 20 "${bench[@]}" --quick --check --json "$dir/quick.json"; fi ;;
         *) echo "unknown stage $want (expected tests, device, host, trainer, train, compile, quick)"; exit 2 ;;
     esac
 done

@@ -180,12 +180,13 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
             raise SystemExit(1)
 
 
-def _write_json(result: dict, json_path: Path) -> None:
+def _write_json(result: dict, json_path: Path, quiet: bool = False) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = json_path.with_name(json_path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(json_path)
-    click.echo(f"wrote {json_path}")
+    if not quiet:
+        click.echo(f"wrote {json_path}")
 
 
 def _bench_host(calls: int, json_path) -> None:
@@ -222,7 +223,8 @@ def _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, lo
         grid, providers=providers, modes=modes or ("forward", "full"), device=device,
         loss_kwargs=dict(loss=loss, beta=beta, penalty=penalty, psi_lambda=psi_lambda),
         budget_ms=rep_ms if rep_ms is not None else 50.0,
-        compile_sizes=compile_sizes or device_bench.COMPILE_SIZES, log=lambda line: click.echo(line, err=True))
+        compile_sizes=compile_sizes or device_bench.COMPILE_SIZES, log=lambda line: click.echo(line, err=True),
+        on_progress=lambda partial: json_path is not None and _write_json(partial, json_path, quiet=True))
     for note in result["notes"]:
         click.echo(f"note: {note}")
     v = result["versions"]
@@ -246,7 +248,7 @@ def _bench_train(size: str, device, mixed_precision, threads, json_path) -> None
 
     def partial(result):  # each configuration as it finishes: a stage cut short by its time limit keeps them
         if json_path is not None:
-            _write_json(result, json_path)
+            _write_json(result, json_path, quiet=True)
 
     result = train_bench.run_train_bench(size, device=device, mixed_precision=mixed_precision, on_record=partial,
                                          log=lambda line: click.echo(line, err=True))

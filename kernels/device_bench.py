@@ -182,7 +182,10 @@ def _maths_call(fn, inputs: dict, loss_kwargs: dict, mode: str, device):
 
 def run_device_bench(grid: dict, providers=DEVICE_PROVIDERS, modes=kbench.MODES, device: str = "cuda",
                      loss_kwargs: Optional[dict] = None, budget_ms: float = 50.0,
-                     compile_sizes=COMPILE_SIZES, log: Callable[[str], None] = lambda s: None) -> dict:
+                     compile_sizes=COMPILE_SIZES, log: Callable[[str], None] = lambda s: None,
+                     on_progress: Callable[[dict], None] = lambda result: None) -> dict:
+    """Every point and mode (see the module docstring); ``on_progress(result)`` after each point, with the rows so
+    far (a run cut short by a time limit keeps them)."""
     from rdpo_zoo import kernels
 
     device = torch.device(device)
@@ -210,6 +213,24 @@ def run_device_bench(grid: dict, providers=DEVICE_PROVIDERS, modes=kbench.MODES,
     points = [kbench.Point(P, D, dt, lay) for lay in grid["layout"] for dt in grid["dtype"] for P in grid["P"]
               for D in grid["D"]]
     op = "preference_loss"
+    result = {
+        "schema": DEVICE_SCHEMA,
+        "op": op,
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "device_type": device.type,
+        "versions": kbench._versions(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "timer": "wall: back-to-back calls, one sync per round; device: CUDA-graph replay, CUDA events",
+        "interpret": bool(status["interpreted"]),
+        "loss": loss_kwargs,
+        "grid": {k: list(v) for k, v in grid.items()},
+        "providers": [p for p in DEVICE_PROVIDERS if p in providers],
+        "modes": list(modes),
+        "compile_sizes": list(compile_sizes),
+        "host_bound_ratio": HOST_BOUND_RATIO,
+        "notes": notes,
+        "rows": rows,
+    }
     for point in points:
         inputs = kbench.make_inputs(point, device)
         n_chunks = None
@@ -275,24 +296,8 @@ def run_device_bench(grid: dict, providers=DEVICE_PROVIDERS, modes=kbench.MODES,
                 f"{p} wall {t[0][0] * 1e3:.1f}µs" + (f" device {t[1][0] * 1e3:.1f}µs" if t[1] else "")
                 for p, t in summary.items()))
         del inputs
-    return {
-        "schema": DEVICE_SCHEMA,
-        "op": op,
-        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})",
-        "device_type": device.type,
-        "versions": kbench._versions(),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "timer": "wall: back-to-back calls, one sync per round; device: CUDA-graph replay, CUDA events",
-        "interpret": bool(status["interpreted"]),
-        "loss": loss_kwargs,
-        "grid": {k: list(v) for k, v in grid.items()},
-        "providers": [p for p in DEVICE_PROVIDERS if p in providers],
-        "modes": list(modes),
-        "compile_sizes": list(compile_sizes),
-        "host_bound_ratio": HOST_BOUND_RATIO,
-        "notes": notes,
-        "rows": rows,
-    }
+        on_progress(result)
+    return result
 
 
 def validate_device_result(result: dict) -> None:
