@@ -1,56 +1,102 @@
 #!/usr/bin/env bash
-# The kernels' whole GPU check as one short script, for a lent GPU machine (torch + triton; no network, no
-# diffusers, maybe no pytest). Run from anywhere:
+# The GPU check as one prepared script, for a lent GPU machine (torch + triton; no network; maybe no pytest, no
+# diffusers). Run from anywhere:
 #
-#     bash benchmarks/kernels_gpu.sh [STAGE...]   # results go to $OUT if set (the device runner's folder),
-#                                                 # else to benchmarks/results/; stages: quick full rdpo tests
-#                                                 # (default: all four, in that order)
+#     bash benchmarks/kernels_gpu.sh [STAGE...]
 #
-# 1. installs the package (no dependencies, no build isolation: the machine has no network);
-# 2. the quick grid with --check: the fused op against a float64 reference run at every point, then timed;
-# 3. the full grid with --check (P 1,8,64 × D 16384,65536 × fp32,bf16 × shared,per-branch), JSON for the repo;
-# 4. RDPO's fused loss (dpo + Ψ, λ = 100) on the shared and Diffusion-DPO's noised layouts;
-# 5. the property tests on CUDA, if pytest and hypothesis are installed.
-# Each stage has its own time limit (STAGE_SCALE=2 doubles them) so that one slow stage cannot eat the others;
-# at most 8 files are written (the device runner returns no more). Takes about 5 minutes on an H100/H200.
+# Stages, in priority order (the default runs all, in this order; each is useful alone, each has its own limit, and
+# the limits add up to 280 s, under 5 minutes with the install; STAGE_SCALE=2 doubles them; the benches write their
+# JSON as they go, so a stage cut short by its limit still brings back what it measured):
+#
+#   tests    CUDA property tests of the fused op (tests/test_kernels.py: through the lean launch path, so the
+#            compiled-kernel launches meet this Triton's launcher) and the reference, if pytest+hypothesis exist
+#   device   rdpo-zoo bench --device-time: wall and CUDA-graph device time, P·D 2^20…2^26, fp32 and bf16, the copy
+#            bandwidth at each size, eager maths beside (--check's correctness figures come with `quick`)
+#   host     rdpo-zoo bench --host: the host cost per call, general and lean paths (CPU work; a few seconds)
+#   trainer  benchmarks/gpu_trainer_check.py: the main job's iteration on the embedded model on CUDA, fp32 and
+#            bf16 autocast (log-ratios exactly 0 at the first step, finite losses, a LoRA that reloads)
+#   train    rdpo-zoo bench --train: one trainer iteration on a random SD-1.5-shaped UNet at 512×512, branching
+#            and trajectory pairs, gradient checkpointing off/on, beside a plain loop
+#   compile  the torch.compile baselines (dynamic=False; default and reduce-overhead) at P·D 2^20, 2^22, 2^24
+#   quick    the former quick grid with --check (the fused op against float64 at every point)
+#
+# The trainer stages need diffusers, peft, accelerate and transformers: wheels for them (benchmarks/gpu_wheels.sh
+# fetches them on a machine with PyPI) are installed from ${WHEELS:-benchmarks/wheels} without network; without
+# them those stages say so and are skipped.
+#
+# Every stage writes $OUT/<device>/<stage>.txt (and .json); after each stage the folder is archived again as
+# $OUT/<device>-results.tar.gz, so a run cut short still brings back what it finished ($OUT: the device runner's
+# folder; default benchmarks/results). Off CUDA (to check this script) the device name is "cpu" and the stages
+# that need a GPU are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 scale="${STAGE_SCALE:-1}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-build-isolation --no-deps . >/dev/null || exit 1
-name=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))") || exit 1
-{ nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
-    >"$out/$name-env.txt" 2>&1
+wheels="${WHEELS:-benchmarks/wheels}"
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+py=python3
+if [ -z "${NO_INSTALL:-}" ]; then
+    $py -m pip install -q --no-build-isolation --no-deps . >/dev/null || { echo "install failed"; exit 1; }
+    if ls "$wheels"/*.whl >/dev/null 2>&1; then  # the trainer's stack, offline; what the image has stays
+        $py -m pip install -q --no-index --find-links "$wheels" diffusers peft accelerate transformers >/dev/null 2>&1 \
+            || echo "note: installing the trainer's stack from $wheels failed"
+    fi
+fi
+name=$($py -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-') if torch.cuda.is_available() else 'cpu')") \
+    || exit 1
+dir="$out/$name"
+mkdir -p "$dir"
+cuda=$([ "$name" != cpu ] && echo 1 || echo "")
+trainer_stack=$($py -P -c "import diffusers, peft, accelerate, transformers" 2>/dev/null && echo 1 || echo "")
+{ nvidia-smi 2>/dev/null; $py -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__)"
+  $py -P -c "import diffusers, peft, accelerate, transformers as t; print('diffusers', diffusers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'transformers', t.__version__)" 2>&1 | tail -1
+} >"$dir/env.txt" 2>&1
 # -P: the repository root must not shadow the installed package (kernels/ is mapped into rdpo_zoo.kernels)
-bench=(python3 -P -c "from rdpo_zoo.cli import main; main()" bench)
-stage() {  # stage NAME SECONDS COMMAND...: run with a limit, output to $out/$name-NAME.txt
+bench=($py -P -c "from rdpo_zoo.cli import main; main()" bench)
+archive() { tar -czf "$out/$name-results.tar.gz" -C "$out" "$name" 2>/dev/null; }
+status=0
+stage() {  # stage NAME SECONDS COMMAND...: run with a limit, output to $dir/NAME.txt, then archive
     local tag=$1 limit=$(( $2 * scale )); shift 2
     echo "== $tag (limit ${limit}s)"
-    timeout "$limit" "$@" >"$out/$name-$tag.txt" 2>&1
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$dir/$tag.txt" 2>&1
     local rc=$?
-    tail -n 30 "$out/$name-$tag.txt"
-    echo "== $tag: exit $rc"
+    tail -n 25 "$dir/$tag.txt"
+    echo "== $tag: exit $rc after $((SECONDS - t0))s" | tee -a "$dir/stages.txt"
     [ $rc -eq 0 ] || status=1
+    archive
 }
-status=0
-[ $# -gt 0 ] || set -- quick full rdpo tests
+skip() { echo "== $1: skipped ($2)" | tee -a "$dir/stages.txt" "$dir/$1.txt"; archive; }
+[ $# -gt 0 ] || set -- tests device host trainer train compile quick
 for want in "$@"; do
     case $want in
-        quick) stage quick 90 "${bench[@]}" --quick --check --json "$out/$name-quick.json" ;;
-        full) stage full 240 "${bench[@]}" --check --json "$out/$name.json" ;;
-        rdpo) stage rdpo 90 "${bench[@]}" --check --loss dpo --penalty psi --psi-lambda 100 --layouts shared,noised \
-                  --P 8,64 --D 65536 --dtypes fp32,bf16 --json "$out/$name-rdpo.json" ;;
         tests)
-            if python3 -c "import pytest, hypothesis" 2>/dev/null; then
-                stage tests 150 env TRITON_INTERPRET=0 python3 -P -m pytest -q -rf --maxfail=10 -p no:cacheprovider \
+            if [ -z "$cuda" ]; then skip tests "no CUDA GPU"
+            elif $py -c "import pytest, hypothesis" 2>/dev/null; then
+                stage tests 40 env TRITON_INTERPRET=0 $py -P -m pytest -q -x -rf -p no:cacheprovider \
                     tests/test_kernels.py tests/test_reference.py
-            else
-                echo "pytest/hypothesis not installed: the property tests did not run (bench --check did)" \
-                    | tee "$out/$name-tests.txt"
-            fi ;;
-        *) echo "unknown stage $want (expected quick, full, rdpo, tests)"; exit 2 ;;
+            else skip tests "pytest/hypothesis not installed"; fi ;;
+        device)
+            if [ -z "$cuda" ]; then skip device "no CUDA GPU"
+            else stage device 50 "${bench[@]}" --device-time --providers triton,eager --json "$dir/device.json"; fi ;;
+        host) stage host 20 "${bench[@]}" --host --json "$dir/host.json" ;;
+        trainer)
+            if [ -z "$trainer_stack" ]; then skip trainer "diffusers/peft/accelerate/transformers missing (see $wheels)"
+            elif [ -z "$cuda" ]; then skip trainer "no CUDA GPU (on a CPU: python3 -P benchmarks/gpu_trainer_check.py)"
+            else stage trainer 40 $py -P benchmarks/gpu_trainer_check.py; fi ;;
+        train)
+            if [ -z "$trainer_stack" ]; then skip train "diffusers/peft/accelerate/transformers missing (see $wheels)"
+            else stage train 70 "${bench[@]}" --train $([ -z "$cuda" ] && echo "--train-size tiny") \
+                --json "$dir/train.json"; fi ;;
+        compile)
+            if [ -z "$cuda" ]; then skip compile "no CUDA GPU"
+            else stage compile 40 "${bench[@]}" --device-time --providers eager,compile,compile-ro --dtypes fp32 \
+                --modes full --D 16384,65536,262144 --json "$dir/compile.json"; fi ;;
+        quick)
+            if [ -z "$cuda" ]; then skip quick "no CUDA GPU"
+            else stage quick 20 "${bench[@]}" --quick --check --json "$dir/quick.json"; fi ;;
+        *) echo "unknown stage $want (expected tests, device, host, trainer, train, compile, quick)"; exit 2 ;;
     esac
 done
+echo "results: $dir (archived as $out/$name-results.tar.gz)"
 exit $status

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 _CHOICES = dict(
-    providers=("triton", "eager", "compile"),
+    providers=("triton", "eager", "compile", "compile-ro"),
     modes=("forward", "full"),
     dtypes=("fp32", "bf16", "fp16", "mixed"),
     layouts=("shared", "per-branch", "noised"),
@@ -46,7 +46,8 @@ def _csv(kind: str, cast=str):
 @click.option("--op", type=click.Choice(["preference_loss", "paired_log_ratios"]), default="preference_loss",
               show_default=True, help="The fused op to time.")
 @click.option("--providers", callback=_csv("providers"),
-              help="Comma-separated subset of triton,eager,compile (default: all that can run here).")
+              help="Comma-separated subset of triton,eager,compile (default: all that can run here); --device-time "
+                   "also compile-ro (torch.compile mode reduce-overhead).")
 @click.option("--modes", callback=_csv("modes"), help="forward and/or full (forward+backward); default both.")
 @click.option("--P", "P", callback=_csv("P", int), help="Comma-separated pair counts (overrides the grid).")
 @click.option("--D", "D", callback=_csv("D", int), help="Comma-separated latent sizes (overrides the grid).")
@@ -70,14 +71,42 @@ def _csv(kind: str, cast=str):
               help="GPU: programs the streaming grids aim for per SM (8).")
 @click.option("--rep-ms", type=float, default=None,
               help="Timing budget per measurement in ms (default 100 on CUDA, 200 on the CPU, 50 interpreted).")
+@click.option("--device-time", is_flag=True,
+              help="The device benchmark: wall time of back-to-back calls and device time from CUDA-graph replay, "
+                   "P·D from 2^20 to 2^26, copy bandwidth at each size, host-bound rows marked, eager and "
+                   "torch.compile (default and reduce-overhead, dynamic=False) of the maths alone as baselines "
+                   "(kernels/device_bench.py). On the CPU: wall times only.")
+@click.option("--compile-sizes", callback=_csv("compile-sizes", int),
+              help="--device-time: the P·D values where the torch.compile baselines run (default 2^20,2^22,2^24).")
+@click.option("--train", is_flag=True,
+              help="One training iteration of the trainer (branching and trajectory pairs, gradient checkpointing "
+                   "off and on) on a random SD-1.5-shaped model at 512×512, timed, beside a plain-loop optimisation "
+                   "(rdpo_zoo/train_bench.py; needs diffusers, peft, accelerate).")
+@click.option("--train-size", type=click.Choice(["sd15", "tiny"]), default="sd15", show_default=True,
+              help="--train: the model's shape (tiny: a CPU-sized smoke run).")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
+              help="--train: the trainer's mixed precision (default: bf16 on CUDA, no on the CPU).")
+@click.option("--host", is_flag=True,
+              help="Measure the host cost per call instead (no GPU needed): Triton's dispatch with only the driver's "
+                   "launch stubbed, the general and the lean launch path side by side, the trainer's coefficients "
+                   "included (kernels/host_bench.py).")
+@click.option("--calls", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="--host: timed calls per figure (the median of them; at one torch thread).")
 def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layouts, loss, penalty, beta, psi_lambda,
-          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms) -> None:
+          device, check, threads, block_d, num_warps, programs_per_sm, rep_ms, device_time, compile_sizes, train,
+          train_size, mixed_precision, host, calls) -> None:
     """Time the fused op (forward, and forward+backward) beside the eager reference and torch.compile of it.
 
     Reports time (median, p20, p80), GB/s on the one-pass minimum of bytes and on the bytes the kernels move,
     the fraction of the device's copy bandwidth measured in the same run, speed-ups, and peak memory on CUDA.
     On the CPU the Triton path needs --interpret (a smoke test); the targets are for a GPU (docs/kernels.md).
     """
+    if host:
+        _bench_host(calls, json_path)
+        return
+    if train:
+        _bench_train(train_size, device, mixed_precision, threads, json_path)
+        return
     if interpret:
         # before the kernels are first defined: Triton reads it when a @triton.jit function is created
         os.environ["TRITON_INTERPRET"] = "1"
@@ -93,6 +122,12 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
         device = "cpu" if interpret or not torch.cuda.is_available() else "cuda"
     if interpret and torch.device(device).type != "cpu":
         raise click.UsageError("--interpret runs on the CPU; drop --device")
+    if device_time:
+        _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, loss, penalty, beta, psi_lambda,
+                      threads, rep_ms, compile_sizes, json_path)
+        return
+    if providers is not None and "compile-ro" in providers:
+        raise click.UsageError("--providers: compile-ro is a provider of --device-time only")
     grid = dict(kbench.GRIDS["interpret" if interpret else ("quick" if quick else "full")])
     for key, value in (("P", P), ("D", D), ("dtype", dtypes), ("layout", layouts)):
         if value is not None:
@@ -144,3 +179,82 @@ def bench(quick, interpret, json_path, op, providers, modes, P, D, dtypes, layou
                    + ("passed" if result["check"]["passed"] else "FAILED"))
         if not result["check"]["passed"]:
             raise SystemExit(1)
+
+
+def _write_json(result: dict, json_path: Path, quiet: bool = False) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(json_path)
+    if not quiet:
+        click.echo(f"wrote {json_path}")
+
+
+def _bench_host(calls: int, json_path) -> None:
+    from rdpo_zoo.kernels import host_bench
+
+    try:
+        result = host_bench.run_host_bench(calls=calls)
+    except RuntimeError as error:
+        raise click.ClickException(str(error))
+    click.echo(result["what"])
+    click.echo(host_bench.format_host_table(result))
+    worst = host_bench.summary(result)
+    click.echo(f"forward + backward: the lean path is {worst:.2f}x or more below the general path (every row)")
+    if json_path is not None:
+        host_bench.validate_host_result(result)
+        _write_json(result, json_path)
+
+
+def _bench_device(interpret, device, P, D, dtypes, layouts, providers, modes, loss, penalty, beta, psi_lambda, threads,
+                  rep_ms, compile_sizes, json_path) -> None:
+    import torch
+
+    from rdpo_zoo.kernels import device_bench
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    grid = dict(device_bench.DEVICE_GRIDS["interpret" if interpret else "device"])
+    for key, value in (("P", P), ("D", D), ("dtype", dtypes), ("layout", layouts)):
+        if value is not None:
+            grid[key] = value
+    if providers is None:
+        providers = device_bench.DEVICE_PROVIDERS
+    result = device_bench.run_device_bench(
+        grid, providers=providers, modes=modes or ("forward", "full"), device=device,
+        loss_kwargs=dict(loss=loss, beta=beta, penalty=penalty, psi_lambda=psi_lambda),
+        budget_ms=rep_ms if rep_ms is not None else 50.0,
+        compile_sizes=compile_sizes or device_bench.COMPILE_SIZES, log=lambda line: click.echo(line, err=True),
+        on_progress=lambda partial: json_path is not None and _write_json(partial, json_path, quiet=True))
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    v = result["versions"]
+    click.echo(f"{result['op']} on {result['device']} (torch {v['torch']}, triton {v['triton']}; {result['timer']})")
+    click.echo(device_bench.format_device_table(result))
+    if json_path is not None:
+        device_bench.validate_device_result(result)
+        _write_json(result, json_path)
+
+
+def _bench_train(size: str, device, mixed_precision, threads, json_path) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        from rdpo_zoo import train_bench
+        import diffusers  # noqa: F401 - the trainer's stack, asked for here only
+    except ImportError as error:
+        raise click.ClickException(f"--train needs the trainer's stack (diffusers, peft, accelerate): {error}")
+
+    def partial(result):  # each configuration as it finishes: a stage cut short by its time limit keeps them
+        if json_path is not None:
+            _write_json(result, json_path, quiet=True)
+
+    result = train_bench.run_train_bench(size, device=device, mixed_precision=mixed_precision, on_record=partial,
+                                         log=lambda line: click.echo(line, err=True))
+    click.echo(f"one training iteration on {result['device']}, {size}, mixed precision {result['mixed_precision']} "
+               f"({result['what']})")
+    click.echo(train_bench.format_train_table(result))
+    if json_path is not None:
+        _write_json(result, json_path)

@@ -14,6 +14,10 @@ Both take the arguments of ``rdpo_zoo.reference.paired_log_ratios`` (validated b
   ``TRITON_INTERPRET=1`` in the environment before the first call: that is how the tests run them).
 - ``"reference"``: ``rdpo_zoo.reference`` + ``rdpo_zoo.losses``, plain PyTorch, any device.
 
+Eager calls with the coefficients as numbers or CPU tensors take the lean launch path (``lean.py``: launch plans,
+compiled-kernel launches, no device sync; ``use_lean_path(False)`` switches it off); under ``torch.compile`` the
+calls are the ``rdpo_zoo::`` custom ops of ``custom_ops.py`` (``fullgraph=True`` works).
+
 This package imports torch and the reference maths only; Triton is imported on first use, so it imports (and the
 reference backend works) without Triton, diffusers, peft or transformers.
 """
@@ -30,6 +34,7 @@ from typing import Optional
 import torch
 
 from rdpo_zoo import losses as _losses
+from rdpo_zoo.kernels import custom_ops as _custom_ops  # registers rdpo_zoo::* (torch.compile's path)
 from rdpo_zoo.reference import DEFAULT_MIN_SIGMA, check_paired_inputs
 from rdpo_zoo.reference import paired_log_ratios as _reference_log_ratios
 
@@ -42,6 +47,7 @@ __all__ = [
     "fused_loss_path",
     "triton_status",
     "select_backend",
+    "use_lean_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,17 +60,25 @@ _triton_error: Optional[BaseException] = None
 
 
 def _load_triton():
-    """``(log_ratio, fused_loss)`` kernel modules, imported once; ``None`` (and the reason kept) if Triton
+    """``(log_ratio, fused_loss, lean)`` kernel modules, imported once; ``None`` (and the reason kept) if Triton
     cannot be imported."""
     global _triton_modules, _triton_error
     if _triton_modules is None and _triton_error is None:
         try:
-            _triton_modules = (
+            modules = (
                 importlib.import_module("rdpo_zoo.kernels.log_ratio"),
                 importlib.import_module("rdpo_zoo.kernels.fused_loss"),
             )
         except ImportError as error:  # triton missing, or a broken install
             _triton_error = error
+        else:
+            try:  # the lean path is an optimisation: a Triton it cannot work with still runs the kernels
+                lean = importlib.import_module("rdpo_zoo.kernels.lean")
+            except Exception as error:  # noqa: BLE001
+                logger.warning("rdpo_zoo.kernels: the lean launch path is off (%s: %s); every call takes the "
+                               "general path", type(error).__name__, error)
+                lean = None
+            _triton_modules = (*modules, lean)
     return _triton_modules
 
 
@@ -105,7 +119,7 @@ def select_backend(backend: Optional[str], device: torch.device, coefficient_gra
                 f"backend='triton': Triton cannot be imported ({type(_triton_error).__name__}: {_triton_error}); "
                 "install triton (Linux with a CUDA GPU) or use backend='reference'"
             )
-        if device.type != "cuda" and not modules[0].is_interpreted():
+        if device.type != "cuda" and not modules[0].runs_cpu_tensors():
             raise RuntimeError(
                 f"backend='triton': the tensors are on {device}, and Triton runs on a CUDA GPU; on the CPU it runs "
                 "only through its interpreter, which must be switched on (TRITON_INTERPRET=1 in the environment) "
@@ -129,6 +143,31 @@ def select_backend(backend: Optional[str], device: torch.device, coefficient_gra
     return "triton"
 
 
+class use_lean_path:
+    """Switch the lean launch path (``kernels/lean.py``) on or off, globally, or for a ``with`` block:
+    ``with use_lean_path(False): ...`` runs every call through the general path (``rdpo-zoo bench --host`` times
+    both). On by default."""
+
+    def __init__(self, enabled: bool = True):
+        modules = _load_triton()
+        self._flag = modules[2].ENABLED if modules is not None and modules[2] is not None else {"on": False}
+        self._saved = self._flag["on"]
+        self._flag["on"] = bool(enabled)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._flag["on"] = self._saved
+        return False
+
+
+def _lean():
+    """The lean-path module when Triton is importable, else ``None`` (cheap after the first call)."""
+    modules = _triton_modules if _triton_modules is not None else _load_triton()
+    return None if modules is None else modules[2]
+
+
 def _kernel_spec(spec):
     # The kernels index the [P] coefficients contiguously and never differentiate them.
     return replace(spec, a=spec.a.detach().contiguous(), b=spec.b.detach().contiguous(),
@@ -150,11 +189,18 @@ def paired_log_ratios(
     """Policy/reference log-ratios ``[P, 2]`` of both branches of each pair (column 0 = preferred): the fused
     form of ``rdpo_zoo.reference.paired_log_ratios`` (same arguments and errors), with autograd to every input
     that requires grad. fp32 result (fp64 if an input is fp64) from fp32/bf16/fp16 inputs, mixed as you like."""
+    if torch.compiler.is_compiling():
+        return _custom_ops.paired_log_ratios_compiled(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
+    lean = _lean()
+    if lean is not None:
+        out = lean.try_paired_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma, backend)
+        if out is not NotImplemented:
+            return out
     spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
     chosen = select_backend(backend, spec.device, _coefficients_need_grad(a, b, sigma))
     if chosen == "reference":
         return _reference_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-    log_ratio, _ = _load_triton()
+    log_ratio, _, _ = _load_triton()
     return log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
 
 
@@ -228,7 +274,20 @@ def preference_loss(
     With ``return_log_ratios=True`` returns ``(loss, r)``, ``r`` the detached ``[P, 2]`` log-ratios (for metrics).
     On Triton, a loss or penalty without a fused form (``fused=None``, e.g. a third-party plugin's) runs the
     reference loss on top of the fused log-ratios, and says so at debug level (``fused_loss_path`` tells ahead).
+
+    Eager calls with the coefficients as numbers or CPU tensors take the lean launch path (``kernels/lean.py``);
+    under ``torch.compile`` the call is the custom op ``rdpo_zoo::fused_preference_loss`` (``kernels/custom_ops.py``).
     """
+    if torch.compiler.is_compiling():
+        return _custom_ops.preference_loss_compiled(
+            y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda, placement, clamp_eps, reduction,
+            min_sigma, return_log_ratios, options)
+    lean = _lean()
+    if lean is not None:
+        out = lean.try_preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda,
+                                       placement, clamp_eps, reduction, min_sigma, backend, return_log_ratios, options)
+        if out is not NotImplemented:
+            return out
     spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
     loss_obj, penalty_obj, beta, psi_lambda = _validate_loss_arguments(
         loss, beta, penalty, psi_lambda, placement, clamp_eps
@@ -238,7 +297,7 @@ def preference_loss(
     if chosen == "triton":
         loss_code, penalty_code, reason = _fused_codes(loss_obj, penalty_obj)
         if reason is None:
-            _, kernel_losses = _load_triton()
+            _, kernel_losses, _ = _load_triton()
             bounds = None if clamp_eps is None else (math.log1p(-clamp_eps), math.log1p(clamp_eps))
             value, r = kernel_losses.preference_loss_triton(
                 y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction, loss_code, penalty_code,
@@ -246,7 +305,7 @@ def preference_loss(
             )
             return (value, r) if return_log_ratios else value
         logger.debug("rdpo_zoo.kernels.preference_loss: %s; the reference loss runs on the fused log-ratios", reason)
-        log_ratio, _ = _load_triton()
+        log_ratio, _, _ = _load_triton()
         log_ratios = log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
     else:
         log_ratios = _reference_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)

@@ -49,7 +49,7 @@ from .log_ratio import (
     launch_partials,
 )
 
-__all__ = ["FUSED_LOSSES", "FUSED_PENALTIES", "FusedPreferenceLossFunction", "preference_loss_triton"]
+__all__ = ["FUSED_LOSSES", "FUSED_PENALTIES", "FusedPreferenceLossFunction", "fused_forward", "preference_loss_triton"]
 
 
 
@@ -157,6 +157,30 @@ def _split(value: float) -> tuple[float, float]:
     return hi, lo
 
 
+def fused_forward(y, x_t, o_theta, o_ref, spec: PairedInputs, mean: bool, loss_code: int, penalty_code: int,
+                  inside: bool, beta: float, psi_lambda: float, clamp_bounds):
+    """The two forward launches: ``(loss, r, c, config)``, c = dL/dr (÷ P), for the backward."""
+    config = choose_launch_config(spec.P, spec.D, spec.device)
+    partials = launch_partials(y, x_t, o_theta, o_ref, spec, config)
+    P, n_chunks = spec.P, config.n_chunks
+    r = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
+    c = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
+    loss = torch.empty((), device=spec.device, dtype=spec.compute_dtype)
+    lo, hi = clamp_bounds if clamp_bounds is not None else (0.0, 0.0)
+    block_p, block_c = _epilogue_blocks(P, n_chunks)
+    with _DeviceGuard(spec.device):
+        _preference_epilogue_kernel[(1,)](
+            partials, spec.b, spec.sigma, r, c, loss, P, n_chunks, spec.D,
+            *_split(beta), *_split(psi_lambda), *_split(lo), *_split(hi),
+            MEAN=mean, LOSS=loss_code, PENALTY=penalty_code, INSIDE=inside, CLAMP=clamp_bounds is not None,
+            ACC=_acc_dtype(spec), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+            # no FMA contraction: z = β(r_w − r_l) must use the rounded r it stores (a contracted
+            # fma(Σ_w, b·s, −r_l) differs by ulp(r_w), which β·ulp turns into a visible loss error at |r| ~ 1e13)
+            enable_fp_fusion=False,
+        )
+    return loss, r, c, config
+
+
 class FusedPreferenceLossFunction(torch.autograd.Function):
     """``(loss, r)``: the batch loss (0-dim, compute dtype) and the log-ratios ``[P, 2]`` (not differentiable:
     for metrics). Gradients flow from ``loss`` to whichever of ``y``, ``x_t``, ``o_theta``, ``o_ref`` require them.
@@ -165,24 +189,8 @@ class FusedPreferenceLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, x_t, o_theta, o_ref, spec: PairedInputs, mean: bool, loss_code: int, penalty_code: int,
                 inside: bool, beta: float, psi_lambda: float, clamp_bounds):
-        config = choose_launch_config(spec.P, spec.D, spec.device)
-        partials = launch_partials(y, x_t, o_theta, o_ref, spec, config)
-        P, n_chunks = spec.P, config.n_chunks
-        r = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
-        c = torch.empty((P, 2), device=spec.device, dtype=spec.compute_dtype)
-        loss = torch.empty((), device=spec.device, dtype=spec.compute_dtype)
-        lo, hi = clamp_bounds if clamp_bounds is not None else (0.0, 0.0)
-        block_p, block_c = _epilogue_blocks(P, n_chunks)
-        with _DeviceGuard(spec.device):
-            _preference_epilogue_kernel[(1,)](
-                partials, spec.b, spec.sigma, r, c, loss, P, n_chunks, spec.D,
-                *_split(beta), *_split(psi_lambda), *_split(lo), *_split(hi),
-                MEAN=mean, LOSS=loss_code, PENALTY=penalty_code, INSIDE=inside, CLAMP=clamp_bounds is not None,
-                ACC=_acc_dtype(spec), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
-                # no FMA contraction: z = β(r_w − r_l) must use the rounded r it stores (a contracted
-                # fma(Σ_w, b·s, −r_l) differs by ulp(r_w), which β·ulp turns into a visible loss error at |r| ~ 1e13)
-                enable_fp_fusion=False,
-            )
+        loss, r, c, config = fused_forward(y, x_t, o_theta, o_ref, spec, mean, loss_code, penalty_code, inside, beta,
+                                           psi_lambda, clamp_bounds)
         ctx.save_for_backward(y, x_t, o_theta, o_ref, c)
         ctx.spec, ctx.mean, ctx.config = spec, mean, config
         ctx.mark_non_differentiable(r)

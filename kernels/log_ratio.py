@@ -289,6 +289,14 @@ def is_interpreted() -> bool:
     return isinstance(_partials_kernel, InterpretedFunction)
 
 
+def runs_cpu_tensors() -> bool:
+    """True when Triton takes CPU tensors here: under the interpreter, or with the fake CUDA driver of
+    ``fake_driver`` (compiles for a GPU, stubs the launch: ``rdpo-zoo bench --host`` and the compile test)."""
+    from . import fake_driver
+
+    return is_interpreted() or fake_driver.installed()
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the D axis is cut: ``n_chunks = ceil(D / chunk)`` programs per pair, each looping over its chunk in
@@ -334,6 +342,10 @@ def _next_pow2(n: int) -> int:
 
 
 def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":  # the fake driver's device (rdpo-zoo bench --host)
+        from .fake_driver import FAKE_PROPERTIES
+
+        return FAKE_PROPERTIES["multiprocessor_count"]
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _sm_count:
         _sm_count[index] = torch.cuda.get_device_properties(index).multi_processor_count
@@ -353,7 +365,7 @@ def choose_launch_config(P: int, D: int, device: torch.device) -> LaunchConfig:
         block_d, chunk = _forced
         chunk = block_d * math.ceil(D / block_d) if chunk is None else chunk
         return LaunchConfig(block_d, chunk, math.ceil(D / chunk))
-    if is_interpreted() or device.type != "cuda":
+    if is_interpreted() or (device.type != "cuda" and not runs_cpu_tensors()):
         block_d = min(max(_next_pow2(D), 16), 8192)
         chunk = block_d * math.ceil(D / block_d)
         return LaunchConfig(block_d, chunk, 1)
@@ -390,7 +402,11 @@ def _epilogue_blocks(P: int, n_chunks: int) -> tuple[int, int]:
 
 
 def _acc_dtype(spec: PairedInputs):
-    return tl.float64 if spec.compute_dtype == torch.float64 else tl.float32
+    return _acc_dtype_of(spec.compute_dtype)
+
+
+def _acc_dtype_of(compute_dtype: torch.dtype):
+    return tl.float64 if compute_dtype == torch.float64 else tl.float32
 
 
 class _DeviceGuard:

@@ -16,9 +16,27 @@ import torch
 
 from rdpo_zoo.schedulers import step_coefficients, x0_coefficients
 
-__all__ = ["Conditioning", "DiffusionModel", "SAMPLERS"]
+__all__ = ["Conditioning", "DiffusionModel", "SAMPLERS", "pick_coefficients", "host_to_device"]
 
 SAMPLERS = ("ddim", "ddpm")
+
+
+def host_to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` (a host tensor: an index, a few coefficients) on ``device`` without a device sync: a blocking
+    host-to-device copy synchronises the stream, so the copy is non-blocking, from pinned memory on CUDA (the
+    caching host allocator keeps the block until the copy is done)."""
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def pick_coefficients(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, b, σ)`` as ``[P]`` host tensors: rows ``index`` of a ``[T, 3]`` host table. The fused ops check host
+    coefficients on the host and copy them over without a device sync (a device ``index`` costs one sync here)."""
+    return table[index.cpu()].unbind(1)
 
 
 @dataclass
@@ -36,7 +54,13 @@ class Conditioning:
 
     def index(self, index: torch.Tensor | Sequence[int]) -> "Conditioning":
         index = torch.as_tensor(index, dtype=torch.long)
-        pick = lambda t: t[index.to(t.device)]  # noqa: E731
+        moved = {}
+
+        def pick(t):  # the index goes to each device once, without a sync
+            if t.device not in moved:
+                moved[t.device] = host_to_device(index, t.device)
+            return t[moved[t.device]]
+
         return Conditioning(
             [self.prompts[i] for i in index.tolist()], pick(self.cond), pick(self.uncond),
             {k: pick(v) for k, v in self.added_cond.items()}, {k: pick(v) for k, v in self.added_uncond.items()},
@@ -108,6 +132,7 @@ class DiffusionModel:
             raise ValueError(f"resolution: expected a multiple of the VAE factor {self.vae_scale}, got {self.resolution}")
         self.unet_calls = 0  # samples evaluated by the UNet (a CFG pair counts 2): the compute budget's unit
         self._coefficients = {}
+        self._coefficient_table: Optional[torch.Tensor] = None
 
     # ----------------------------------------------------------------------------------------------- basics
     @property
@@ -129,11 +154,20 @@ class DiffusionModel:
             raise ValueError(f"steps: expected values in [1, {self.num_steps}] (t of T = {self.num_steps}), got {step}")
         return self.num_steps - step
 
+    def coefficient_table(self) -> torch.Tensor:
+        """``[T, 3]`` float32 (a, b, σ) of every step (row i: ``self.timesteps[i]``), on the host: built once per
+        scheduler, read by ``coefficients`` and ``coefficient_tensors``."""
+        if self._coefficient_table is None:
+            rows = [torch.stack([v.to("cpu", torch.float32).reshape(())
+                                 for v in step_coefficients(self.scheduler, int(t), eta=self.eta)])
+                    for t in self.timesteps]
+            self._coefficient_table = torch.stack(rows)
+        return self._coefficient_table
+
     def coefficients(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(a, b, σ)`` of the step at ``self.timesteps[index]`` as float32 scalars on the device (cached)."""
         if index not in self._coefficients:
-            c = step_coefficients(self.scheduler, int(self.timesteps[index]), eta=self.eta)
-            self._coefficients[index] = tuple(v.to(self.device, torch.float32) for v in c)
+            self._coefficients[index] = tuple(self.coefficient_table()[index].to(self.device).unbind())
         return self._coefficients[index]
 
     def x0_coefficients(self, index: int) -> tuple[float, float]:
@@ -196,10 +230,9 @@ class DiffusionModel:
         return unet(x, t, encoder_hidden_states=hidden.to(self.dtype), return_dict=False, **kwargs)[0]
 
     def coefficient_tensors(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(a, b, σ)`` as ``[P]`` float32 tensors for a ``[P]`` tensor of step indices."""
-        table = torch.stack([torch.stack(self.coefficients(i)) for i in range(self.num_steps)])  # [T, 3]
-        picked = table[index.to(table.device)]
-        return picked[:, 0], picked[:, 1], picked[:, 2]
+        """``(a, b, σ)`` as ``[P]`` float32 host tensors for a ``[P]`` tensor of step indices (pass a host index:
+        a device one costs a sync). The fused ops check host coefficients without a device sync."""
+        return pick_coefficients(self.coefficient_table(), index)
 
     @contextmanager
     def reference(self):

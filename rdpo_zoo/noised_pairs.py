@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from rdpo_zoo.diffusion import Conditioning, DiffusionModel
+from rdpo_zoo.diffusion import Conditioning, DiffusionModel, host_to_device
 from rdpo_zoo.rewards import Reward
 
 __all__ = ["NoisedPairs", "rollout_noised_pairs", "load_offline_pairs", "noised_inputs"]
@@ -39,8 +39,9 @@ class NoisedPairs:
         return self.x0.shape[0]
 
     def select(self, index: torch.Tensor) -> "NoisedPairs":
-        return NoisedPairs(self.x0[index.to(self.x0.device)], self.cond.index(index.cpu()),
-                           self.values[index.to(self.values.device)])
+        host = index.cpu()
+        return NoisedPairs(self.x0[host_to_device(host, self.x0.device)], self.cond.index(host),
+                           self.values[host_to_device(host, self.values.device)])
 
 
 def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Reward, generator: torch.Generator,

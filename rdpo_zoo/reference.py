@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MIN_SIGMA",
     "PairedInputs",
     "check_paired_inputs",
+    "check_paired_tensors",
     "gaussian_log_prob",
     "step_log_prob",
     "paired_log_ratios",
@@ -106,6 +107,20 @@ def check_paired_inputs(
     serves the pair) or ``[P, 2, D]`` (one row per branch). ``x_t`` may be ``None`` when ``a`` is 0 (Diffusion-DPO's
     noised pairs). ``a``, ``b``, ``sigma`` are numbers or ``[P]`` tensors.
     """
+    P, D, device, compute_dtype = check_paired_tensors(y, x_t, o_theta, o_ref, reduction, min_sigma)
+    return _check_coefficients(x_t, a, b, sigma, min_sigma, P, D, device, compute_dtype)
+
+
+def check_paired_tensors(
+    y: torch.Tensor,
+    x_t: Optional[torch.Tensor],
+    o_theta: torch.Tensor,
+    o_ref: torch.Tensor,
+    reduction: str = "mean",
+    min_sigma: float = DEFAULT_MIN_SIGMA,
+) -> tuple[int, int, torch.device, torch.dtype]:
+    """The part of ``check_paired_inputs`` that reads no values (types, dtypes, devices, shapes, options):
+    ``(P, D, device, compute_dtype)``. It traces under ``torch.compile``."""
     check_reduction(reduction)
     for name, tensor in (("y", y), ("o_theta", o_theta), ("o_ref", o_ref)):
         _check_float_tensor(name, tensor)
@@ -133,6 +148,10 @@ def check_paired_inputs(
     if not isinstance(min_sigma, (int, float)) or not min_sigma >= 0:
         raise ValueError(f"min_sigma: expected a number >= 0, got {min_sigma!r}")
     compute_dtype = torch.float64 if any(t.dtype == torch.float64 for _, t in named) else torch.float32
+    return P, D, device, compute_dtype
+
+
+def _check_coefficients(x_t, a, b, sigma, min_sigma, P, D, device, compute_dtype) -> PairedInputs:
     # Coefficients given as numbers or CPU tensors (the trainer's, from the scheduler's table) are checked on the
     # host and then copied over in one transfer: checking device tensors costs a device sync on every call.
     on_host = all(not isinstance(v, torch.Tensor) or v.device.type == "cpu" for v in (a, b, sigma))

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from rdpo_zoo.diffusion import Conditioning, DiffusionModel
+from rdpo_zoo.diffusion import Conditioning, DiffusionModel, host_to_device
 from rdpo_zoo.estimators import Estimator, StepMeasurements
 from rdpo_zoo.reference import DEFAULT_MIN_SIGMA
 from rdpo_zoo.rewards import Reward
@@ -73,8 +73,10 @@ class StepPairs:
         return self.y.shape[0]
 
     def select(self, index: torch.Tensor) -> "StepPairs":
-        index = index.to(self.y.device)
-        return StepPairs(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(index.cpu()),
+        """The pairs at ``index`` (pass a host tensor: a device one costs a sync for the prompts)."""
+        host = index.cpu()
+        index = host_to_device(host, self.y.device)
+        return StepPairs(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(host),
                          self.values[index])
 
     @staticmethod
@@ -102,8 +104,9 @@ class StepSamples:
         return self.y.shape[0]
 
     def select(self, index: torch.Tensor) -> "StepSamples":
-        index = index.to(self.y.device)
-        return StepSamples(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(index.cpu()),
+        host = index.cpu()
+        index = host_to_device(host, self.y.device)
+        return StepSamples(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(host),
                            self.log_prob[index], self.sample_id[index])
 
 

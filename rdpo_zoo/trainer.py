@@ -335,8 +335,9 @@ class Trainer:
             **obj.kwargs(),
         )
 
-    def pair_loss(self, pairs):
-        """The preference loss of a minibatch of step pairs, and its ``[P, 2]`` log-ratios (detached)."""
+    def pair_loss(self, pairs, steps: Optional[torch.Tensor] = None):
+        """The preference loss of a minibatch of step pairs, and its ``[P, 2]`` log-ratios (detached). ``steps``:
+        the pairs' step indices on the host, if at hand (else read from ``pairs``: one device sync)."""
         from rdpo_zoo.kernels import preference_loss
 
         model, obj = self.model, self.objective
@@ -351,85 +352,106 @@ class Trainer:
             with torch.no_grad(), model.reference():
                 o_ref = model.guided_output(x_in, index_in, cond_in)
         shape = (P, -1) if pairs.shared else (P, 2, -1)
-        a, b, sigma = model.coefficient_tensors(pairs.step_index)
+        # host coefficients: the fused op checks them on the host and copies them over, with no device sync
+        a, b, sigma = model.coefficient_tensors(pairs.step_index if steps is None else steps)
         return preference_loss(
             pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
             o_ref.reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
             backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
         )
 
-    def sample_loss(self, samples, advantages):
+    def sample_loss(self, samples, advantages, steps: Optional[torch.Tensor] = None):
         """DDPO's per-sample PPO-clip loss on a minibatch of single-trajectory transitions; ``advantages`` are the
-        rollout's per-trajectory advantages (indexed by each transition's ``sample_id``)."""
+        rollout's per-trajectory advantages (indexed by each transition's ``sample_id``); ``steps`` as in
+        ``pair_loss``."""
+        from rdpo_zoo.diffusion import host_to_device
         from rdpo_zoo.reference import step_log_prob
 
         with self.accelerator.autocast():
             o_theta = self.model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
-        a, b, sigma = self.model.coefficient_tensors(samples.step_index)
+        a, b, sigma = (host_to_device(v, samples.y.device) for v in self.model.coefficient_tensors(
+            samples.step_index if steps is None else steps))
         log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
         per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options)
         return per_sample.mean(), (log_prob - samples.log_prob).detach()
 
     def optimise(self, batch, iteration: int, advantages=None) -> dict:
-        """Inner epochs of minibatches over the rollout's pairs (or samples); every process takes the same number
-        of optimiser steps (DDP needs it): ranks with fewer pairs resample theirs."""
+        """Inner epochs of minibatches over the rollout's pairs (or samples). Every process takes the same number
+        of optimiser steps (DDP needs it): ⌈most pairs on any process / minibatch_size⌉ per epoch, each process
+        splitting its own pairs into that many minibatches (no pair repeated; a process with none takes part with
+        a zero loss). The statistics stay on the device and come back in one transfer at the end, where the losses
+        are checked: a non-finite one stops the run (once per iteration, before anything is saved: the last
+        checkpoint on disk stays the last good state)."""
         run, acc = self.run, self.accelerator
         n_local = 0 if batch is None else len(batch)
         counts = acc.gather(torch.tensor([n_local], device=acc.device))
         n_max = int(counts.max())
-        stats = {"loss": [], "r_w": [], "r_l": [], "margin": [], "accuracy": [], "psi_active": [], "grad_norm": [],
-                 "ratio": []}
         if n_max == 0:
             return {}
         self.model.unet.train()
         per_epoch = math.ceil(n_max / run.minibatch_size)
+        # the pairs' steps on the host, once: the loss gets host coefficients (no device sync per minibatch)
+        steps = batch.step_index.cpu() if n_local and hasattr(batch, "step_index") else None
+        stats = {key: [] for key in _OPTIMISE_STATS}
+        minibatches = []  # (epoch, minibatch, host index) of each loss, for the error message
         for epoch in range(run.inner_epochs):
             g = self._generator(iteration, 3, epoch)
             if n_local:
-                order = torch.randperm(n_local, generator=g)
-                if n_local < per_epoch * run.minibatch_size:
-                    extra = torch.randint(n_local, (per_epoch * run.minibatch_size - n_local,), generator=g)
-                    order = torch.cat([order, extra])
-            for mb in range(per_epoch):
+                parts = torch.randperm(n_local, generator=g).tensor_split(per_epoch)
+            else:
+                parts = [torch.empty(0, dtype=torch.long)] * per_epoch
+            for mb, index in enumerate(parts):
                 with acc.accumulate(self.train_unet):
-                    if n_local:
-                        index = order[mb * run.minibatch_size:(mb + 1) * run.minibatch_size]
+                    if len(index):
                         part = batch.select(index)
                         if self.method["rollout"] == "noised-pairs":
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
                             self._pair_stats(stats, r)
                         elif self.per_sample:
-                            loss, ratio = self.sample_loss(part, advantages)
-                            stats["ratio"].append(float(ratio.exp().mean()))
+                            loss, ratio = self.sample_loss(part, advantages, steps[index])
+                            stats["ratio"].append(ratio.exp().mean())
                         else:
-                            loss, r = self.pair_loss(part)
+                            loss, r = self.pair_loss(part, steps[index])
                             self._pair_stats(stats, r)
                     else:  # nothing sampled here this time: take part in the gradient sync with a zero loss
                         loss = sum(p.sum() for p in self.trainable) * 0.0
-                    if not torch.isfinite(loss):
-                        last = latest_checkpoint(self.output_dir)
-                        raise TrainingError(
-                            f"non-finite loss {float(loss)} at iteration {iteration}, epoch {epoch}, minibatch {mb} "
-                            f"(pairs {index.tolist() if n_local else []} of this rollout); the last checkpoint, "
-                            f"{last or 'none yet'}, is kept")
                     acc.backward(loss)
                     if acc.sync_gradients:
                         norm = acc.clip_grad_norm_(self.trainable, run.max_grad_norm) if run.max_grad_norm else None
                         if norm is not None:
-                            stats["grad_norm"].append(float(norm))
+                            stats["grad_norm"].append(torch.as_tensor(norm, device=acc.device))
                     self.optimiser.step()
                     self.optimiser.zero_grad(set_to_none=True)
-                stats["loss"].append(float(loss.detach()))
-        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+                stats["loss"].append(loss.detach())
+                minibatches.append((epoch, mb, index))
+        values = _fetch_stats(stats)
+        self._check_finite(values["loss"], minibatches, iteration)
+        return {k: sum(v) / len(v) for k, v in values.items() if v}
+
+    def _check_finite(self, losses: list, minibatches: list, iteration: int) -> None:
+        """Raise ``TrainingError`` on every process if a loss of this iteration was not finite on any."""
+        bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+        acc = self.accelerator
+        if acc.num_processes > 1:  # every process stops, or the others would wait for it in the next collective
+            anywhere = int(acc.gather(torch.tensor([int(bad is not None)], device=acc.device)).sum())
+            if bad is None and anywhere:
+                raise TrainingError(f"non-finite loss on another process at iteration {iteration}; the last "
+                                    f"checkpoint, {latest_checkpoint(self.output_dir) or 'none yet'}, is kept")
+        if bad is not None:
+            epoch, mb, index = minibatches[bad]
+            last = latest_checkpoint(self.output_dir)
+            raise TrainingError(
+                f"non-finite loss {losses[bad]} at iteration {iteration}, epoch {epoch}, minibatch {mb} "
+                f"(pairs {index.tolist()} of this rollout); the last checkpoint, {last or 'none yet'}, is kept")
 
     def _pair_stats(self, stats: dict, r: torch.Tensor) -> None:
-        obj = self.objective
-        r_w, r_l = r[:, 0].float(), r[:, 1].float()
-        stats["r_w"].append(float(r_w.mean()))
-        stats["r_l"].append(float(r_l.mean()))
-        stats["margin"].append(float((obj.beta * (r_w - r_l)).mean()))
-        stats["accuracy"].append(float((r_w > r_l).float().mean()))
-        stats["psi_active"].append(float((r_l > 0).float().mean()))
+        """The pair statistics of a minibatch, as device scalars (fetched with the others at the end)."""
+        r = r.detach().float()
+        r_w, r_l = r[:, 0], r[:, 1]
+        row = torch.stack([r_w.mean(), r_l.mean(), (self.objective.beta * (r_w - r_l)).mean(),
+                           (r_w > r_l).float().mean(), (r_l > 0).float().mean()])
+        for key, value in zip(("r_w", "r_l", "margin", "accuracy", "psi_active"), row.unbind()):
+            stats[key].append(value)
 
     def step(self, iteration: int):
         """One iteration: rollout, optimisation over its pairs (or samples), the scheduler step. Returns the
@@ -773,6 +795,21 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+#: what ``optimise`` averages over its minibatches
+_OPTIMISE_STATS = ("loss", "r_w", "r_l", "margin", "accuracy", "psi_active", "grad_norm", "ratio")
+
+
+def _fetch_stats(stats: dict) -> dict:
+    """``{key: [floats]}`` from ``{key: [device scalars]}`` in one device-to-host transfer."""
+    flat = [value.reshape(()).float() for key in stats for value in stats[key]]
+    numbers = torch.stack(flat).tolist() if flat else []
+    out, start = {}, 0
+    for key, values in stats.items():
+        out[key] = numbers[start:start + len(values)]
+        start += len(values)
+    return out
 
 
 def train(config: TrainConfig, **kwargs) -> dict:

@@ -84,8 +84,10 @@ def test_bench_check_fails_on_a_wrong_gradient():
         def off(*args, **kwargs):
             return tuple(None if g is None else g * 1.01 for g in launch(*args, **kwargs))
         log_ratio.launch_backward = off
-        from rdpo_zoo.kernels import fused_loss
+        from rdpo_zoo.kernels import fused_loss, lean
         fused_loss.launch_backward = off
+        lean_backward = lean._backward  # the lean launch path's backward, which the bench's calls take
+        lean._backward = lambda *a, **k: [None if g is None else g * 1.01 for g in lean_backward(*a, **k)]
         s = bench.BenchSettings(grid=dict(P=(2,), D=(64,), dtype=("fp32",), layout=("shared",)),
                                 providers=("triton",), check=True, rep_ms=1, warmup_ms=1)
         r = bench.run_bench(s)
@@ -195,3 +197,74 @@ def test_validate_result_rejects_bad_rows():
     del bad["rows"][0]["unit"]
     with pytest.raises(ValueError, match="keys"):
         kbench.validate_result(bad)
+
+
+def test_bench_device_time_on_the_cpu_runs_wall_times_and_says_the_rest_is_cuda_only(tmp_path):
+    """--device-time under the interpreter: wall times of the fused op and the eager maths, the copy at each size;
+    no device times off CUDA (said in the notes); the JSON validates."""
+    from rdpo_zoo.kernels import device_bench
+
+    path = tmp_path / "device.json"
+    done = _run(["bench", "--device-time", "--interpret", "--providers", "triton,eager", "--P", "2", "--D", "64",
+                 "--rep-ms", "2", "--json", str(path)])
+    assert "host-bound" in done.stdout and "CUDA-only" in done.stdout
+    result = json.loads(path.read_text())
+    device_bench.validate_device_result(result)
+    metrics = {(r["provider"], r["mode"], r["metric"]) for r in result["rows"]}
+    for provider in ("copy", "triton", "eager"):
+        for mode in ("forward", "full"):
+            assert (provider, mode, "wall_time") in metrics
+    assert ("triton", "full", "wall_speedup_vs_eager") in metrics and ("model", "full", "bytes_min") in metrics
+    assert not any(m == "device_time" for _, _, m in metrics)
+
+
+def test_the_maths_alone_baseline_is_the_reference_loss():
+    from rdpo_zoo import losses, reference
+    from rdpo_zoo.kernels import device_bench
+
+    for layout in ("shared", "per-branch", "noised"):
+        inputs = kbench.make_inputs(kbench.Point(3, 50, "fp32", layout), "cpu")
+        args = [inputs[k] for k in ("y", "x_t", "o_theta", "o_ref", "a", "b", "sigma")]
+        kwargs = dict(loss="dpo", beta=0.5, penalty="psi", psi_lambda=2.0)
+        got = device_bench.maths_loss(*args, kwargs)
+        want = losses.preference_loss(reference.paired_log_ratios(*args), **kwargs)
+        assert torch.allclose(got, want, rtol=1e-5)
+        g_got, g_want = (torch.autograd.grad(v, inputs["o_theta"])[0] for v in (got, want))
+        assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-8)
+
+
+def test_bench_train_tiny_times_an_iteration_of_each_rollout_beside_the_plain_loop(tmp_path):
+    path = tmp_path / "train.json"
+    done = _run(["bench", "--train", "--train-size", "tiny", "--device", "cpu", "--threads", "1",
+                 "--json", str(path)], env=_env(RDPO_ZOO_PLUGINS="builtin"))
+    assert "UNet evals/s" in done.stdout and "plain optimise s" in done.stdout
+    result = json.loads(path.read_text())
+    assert result["schema"] == "rdpo-zoo.bench-train/1" and result["size"] == "tiny"
+    configs = {(r["rollout"], r["gradient_checkpointing"]) for r in result["records"]}
+    assert configs == {(r, c) for r in ("branching", "trajectory") for c in (False, True)}
+    for record in result["records"]:
+        s = record["seconds"]
+        assert record["pairs"] > 0 and record["unet_evaluations"] > 0 and not record["warm_up"]
+        assert 0 < s["reward"] < s["rollout"] < s["total"] and 0 < s["loss"] < s["optimise"] < s["total"]
+        assert record["plain_loop"]["optimise_seconds"] > 0 and record["plain_loop"]["loss_seconds"] > 0
+
+
+def test_bench_imports_without_diffusers_until_train_is_asked_for():
+    """`rdpo-zoo bench` (and --host, --device-time) must run on a GPU machine with torch and triton only."""
+    code = textwrap.dedent("""
+        import builtins, sys
+        real = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name.split(".")[0] in ("diffusers", "peft", "transformers", "accelerate"):
+                raise ImportError(f"no {name} here")
+            return real(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        import rdpo_zoo.cli.bench_cmd, rdpo_zoo.kernels.bench, rdpo_zoo.kernels.device_bench
+        import rdpo_zoo.kernels.host_bench, rdpo_zoo.train_bench
+        from click.testing import CliRunner
+        out = CliRunner().invoke(rdpo_zoo.cli.bench_cmd.bench, ["--train", "--train-size", "tiny"])
+        assert out.exit_code != 0 and "needs the trainer's stack" in out.output, out.output
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

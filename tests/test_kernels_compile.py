@@ -3,8 +3,8 @@
 The interpreter accepts code the Triton compiler refuses, so the property suite alone cannot show that the kernels
 build for a GPU. Triton compiles to PTX and cubin (its bundled ptxas) on any machine: this test drives the real
 launchers and autograd functions — the exact arguments and specialisations a GPU run would see — through a fake
-CUDA driver whose launches compile (``kernel.warmup``) instead of running, for sm_80 and sm_90, and checks that
-the streaming kernels use 16-byte vector loads on contiguous rows.
+CUDA driver (``rdpo_zoo.kernels.fake_driver``) whose launches compile (``kernel.warmup``) instead of running, for
+sm_80 and sm_90, and checks that the streaming kernels use 16-byte vector loads on contiguous rows.
 
 It runs in a subprocess, since the conftest switches the interpreter on for this process.
 """
@@ -28,29 +28,10 @@ def _compile_everything(capability: int, full: bool) -> dict:
     import itertools
 
     import torch
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.driver import driver
 
-    class FakeCudaDriver:
-        def __init__(self):
-            self.target = GPUTarget("cuda", capability, 32)
+    from rdpo_zoo.kernels import fake_driver
 
-        def get_current_target(self):
-            return self.target
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_active_torch_device(self):
-            return torch.device("cpu")
-
-        def is_active(self):
-            return True
-
-    driver.set_active(FakeCudaDriver())
+    fake_driver.install(capability)  # Triton's real compiler, the launch stubbed
     from rdpo_zoo.kernels import fused_loss as FL
     from rdpo_zoo.kernels import log_ratio as LR
     from rdpo_zoo.reference import check_paired_inputs

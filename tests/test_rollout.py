@@ -224,3 +224,28 @@ def test_sdxl_shaped_pipeline_rolls_out():
     assert set(cond.added_cond) == {"text_embeds", "time_ids"}
     result = rollout_branching(model, cond, RedReward(), DeltaQ(), [4, 2], _gen())
     assert result.pairs.y.shape == (4, 2, *model.latent_shape)
+
+
+def test_the_coefficient_table_is_built_once_on_the_host(model, monkeypatch):
+    """The trainer's coefficients: host tensors (the fused op checks them without a device sync), picked from a
+    [T, 3] table built once per scheduler, equal to the per-step device scalars."""
+    import rdpo_zoo.diffusion as diffusion
+
+    fresh = DiffusionModel(model.pipe, num_steps=T, guidance_scale=3.0)
+    built = {"n": 0}
+    original = diffusion.step_coefficients
+
+    def counting(*args, **kwargs):
+        built["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "step_coefficients", counting)
+    steps = torch.tensor([T - 1, 0, 2, 2])
+    for _ in range(3):
+        a, b, sigma = fresh.coefficient_tensors(steps)
+    assert built["n"] == T  # one row per step, once
+    assert a.device.type == b.device.type == sigma.device.type == "cpu" and a.shape == (4,)
+    for i, step in enumerate(steps.tolist()):
+        want = fresh.coefficients(step)
+        assert (float(a[i]), float(b[i]), float(sigma[i])) == tuple(float(v) for v in want)
+    assert fresh.coefficients(1)[0].device == fresh.device

@@ -156,8 +156,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monk
     original = trainer.pair_loss
     calls = {"n": 0}
 
-    def poisoned(pairs):
-        loss, r = original(pairs)
+    def poisoned(pairs, *args):
+        loss, r = original(pairs, *args)
         calls["n"] += 1
         return (loss * float("nan"), r) if trainer.iteration >= 1 else (loss, r)
 
@@ -287,3 +287,43 @@ def test_sdxl_shaped_pipeline_trains_and_its_lora_reloads(tmp_path):
     trained = trainer.model.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
     reloaded = pipe.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)
+
+
+def test_optimise_takes_every_pair_once_per_epoch_and_reads_the_device_once(tmp_path, monkeypatch):
+    """No padding by resampling (pairs not a multiple of the minibatch size are split, none repeated), and the
+    statistics come back in one transfer: no scalar read per minibatch (each is a device sync on a GPU)."""
+    trainer = Trainer(small_config(tmp_path, minibatch_size=4, inner_epochs=2))
+    batch = trainer.rollout(0).pairs
+    n = len(batch)
+    assert n % 4, "the test needs a pair count that is no multiple of the minibatch size"
+    seen = []
+    select = type(batch).select
+
+    def recording(self, index):
+        seen.append(index.tolist())
+        return select(self, index)
+
+    monkeypatch.setattr(type(batch), "select", recording)
+    reads = {"n": 0}
+    import rdpo_zoo.kernels
+
+    ours = tuple(os.path.dirname(m.__file__) + os.sep for m in (rdpo_zoo, rdpo_zoo.kernels))
+
+    for name in ("item", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            # reads by the project's own code (libraries read host tensors: AdamW its CPU step counts)
+            if sys._getframe(1).f_code.co_filename.startswith(ours):
+                reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    stats = trainer.optimise(batch, iteration=0)
+    monkeypatch.undo()
+    per_epoch = -(-n // 4)
+    assert len(seen) == 2 * per_epoch and all(0 < len(ix) <= 4 for ix in seen)
+    for epoch in range(2):
+        assert sorted(i for ix in seen[epoch * per_epoch:(epoch + 1) * per_epoch] for i in ix) == list(range(n))
+    assert reads["n"] <= 2, reads  # the pair count gathered over processes; nothing per minibatch
+    assert all(isinstance(stats[k], float) for k in ("loss", "r_w", "r_l", "margin", "accuracy", "grad_norm"))
