@@ -33,6 +33,7 @@ __all__ = ["RunSettings", "TrainConfig", "Trainer", "TrainingError", "train", "l
            "LORA_WEIGHT_NAME", "parse_train_timesteps"]
 
 from rdpo_zoo.config import RunSettings, TrainConfig, parse_train_timesteps  # noqa: E402
+from rdpo_zoo.parts import TRAJECTORY_ROLLOUTS  # noqa: E402
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -150,6 +151,9 @@ class Trainer:
             raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
         if rollout == "noised-pairs" and m["estimator"] not in (None, "final-order"):
             raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
+        if m.get("optimiser_step") == "trajectory" and rollout not in TRAJECTORY_ROLLOUTS:
+            raise ValueError(f"optimiser_step: 'trajectory' steps once per trajectory, which only the rollouts "
+                             f"{', '.join(TRAJECTORY_ROLLOUTS)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
         from rdpo_zoo.losses import POLICY_GRADIENT_LOSSES
@@ -233,14 +237,16 @@ class Trainer:
         pick = torch.randint(len(self.prompts), (self.run.prompts_per_iteration,), generator=g)
         return [self.prompts[i] for i in pick.tolist()]
 
-    def rollout(self, iteration: int):
+    def rollout(self, iteration: int, prompts: Optional[list] = None, generator: Optional[torch.Generator] = None):
+        """The method's rollout of iteration ``iteration``'s prompts and noise, or of ``prompts`` with
+        ``generator`` (an evaluation's fixed held-out set)."""
         from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
 
         m, run = self.method, self.run
         if self.offline is not None:
             return self._offline_chunk(iteration)
-        prompts = self._iteration_prompts(iteration)
-        generator = self._generator(iteration, 2)
+        prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
+        generator = self._generator(iteration, 2) if generator is None else generator
         self.model.unet.eval()
         with self.accelerator.autocast():
             cond = self.model.encode(prompts)
@@ -345,18 +351,26 @@ class Trainer:
         if n_max == 0:
             return {}
         self.model.unet.train()
-        per_epoch = math.ceil(n_max / run.minibatch_size)
+        per_trajectory = self.method.get("optimiser_step") == "trajectory"
+        if per_trajectory:  # one optimiser step per trajectory (pair): every process takes the most trajectories'
+            groups = self._trajectories(batch) if n_local else []
+            n_max = int(acc.gather(torch.tensor([len(groups)], device=acc.device)).max())
+        steps, size = 0, 1 if per_trajectory else run.minibatch_size  # size: trajectories or transitions per step
+        per_epoch = math.ceil(n_max / size)
         for epoch in range(run.inner_epochs):
             g = self._generator(iteration, 3, epoch)
             if n_local:
-                order = torch.randperm(n_local, generator=g)
-                if n_local < per_epoch * run.minibatch_size:
-                    extra = torch.randint(n_local, (per_epoch * run.minibatch_size - n_local,), generator=g)
+                order = torch.randperm(len(groups) if per_trajectory else n_local, generator=g)
+                if len(order) < per_epoch * size:
+                    extra = torch.randint(len(order), (per_epoch * size - len(order),), generator=g)
                     order = torch.cat([order, extra])
             for mb in range(per_epoch):
                 with acc.accumulate(self.train_unet):
                     if n_local:
-                        index = order[mb * run.minibatch_size:(mb + 1) * run.minibatch_size]
+                        if per_trajectory:  # its trained steps in one minibatch: the loss's mean over them is the
+                            index = groups[int(order[mb])]  # public code's gradient accumulated over the steps
+                        else:
+                            index = order[mb * run.minibatch_size:(mb + 1) * run.minibatch_size]
                         part = batch.select(index)
                         if self.method["rollout"] == "noised-pairs":
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
@@ -382,8 +396,19 @@ class Trainer:
                             stats["grad_norm"].append(float(norm))
                     self.optimiser.step()
                     self.optimiser.zero_grad(set_to_none=True)
+                    steps += acc.sync_gradients
                 stats["loss"].append(float(loss.detach()))
-        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+        return {**{k: sum(v) / len(v) for k, v in stats.items() if v}, "optimiser_steps": steps}
+
+    @staticmethod
+    def _trajectories(batch) -> list[torch.Tensor]:
+        """The indices of ``batch``'s transitions (pairs), one tensor per trajectory (pair of trajectories)."""
+        ids = batch.sample_id if hasattr(batch, "sample_id") else batch.trajectory
+        if ids is None:
+            raise ValueError("optimiser_step: 'trajectory' needs pairs that record their trajectory; this rollout's "
+                             "do not")
+        ids = ids.cpu()
+        return [(ids == t).nonzero()[:, 0] for t in ids.unique().tolist()]
 
     def _pair_stats(self, stats: dict, r: torch.Tensor) -> None:
         obj = self.objective

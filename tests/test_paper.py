@@ -53,3 +53,33 @@ def test_versioned_settings_enter_the_cache_key_only_where_used(monkeypatch):
     before = guided.digest(), plain.digest()
     monkeypatch.setitem(runs.SETTING_VERSIONS, "gradient_guidance", 999)
     assert guided.digest() != before[0] and plain.digest() == before[1]
+
+
+def test_every_cached_run_keeps_its_key_unless_its_behaviour_changed(monkeypatch):
+    """A new method setting enters the key only away from the behaviour before it: every cached run of the
+    current weights recomputes, from its stored spec, the name of its own folder, except the DDPO and D3PO runs,
+    which now step once per trajectory (their behaviour changed, so their keys must)."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import runs
+
+    folder = os.path.join(ROOT, "benchmarks", "results", "paper", "runs")
+    stored = [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+              if os.path.isfile(os.path.join(folder, name, "spec.json"))]
+    if not stored:
+        pytest.skip("no cached runs in this checkout")
+    weights = runs._weights_id("tiny")
+    kept, moved = [], []
+    for path in stored:
+        data = json.load(open(os.path.join(path, "spec.json")))
+        spec = runs.RunSpec.from_json(data["spec"])
+        if data["key"]["weights"] != weights:
+            continue  # made on earlier embedded weights: no longer read by any report
+        method = spec.key()["config"]["method"]
+        if spec.digest() == os.path.basename(path):
+            assert "optimiser_step" not in method
+            kept.append(path)
+        else:
+            assert method["optimiser_step"] == "trajectory" and spec.preset in ("ddpo", "d3po"), path
+            assert "optimiser_step" not in data["key"]["config"]["method"]
+            moved.append(path)
+    assert len(kept) >= 40 and moved

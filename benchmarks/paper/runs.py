@@ -41,6 +41,10 @@ STUDY_VERSION = 1  # bump when the meaning of every cached result changes
 #: meaning reruns just those. gradient_guidance 2: TailorPO-G's guidance_step in units of the step's noise norm
 #: σ_t·√D (commit f6f63c9); 1 was a raw step, ~200× smaller on the embedded model.
 SETTING_VERSIONS = {"gradient_guidance": 2}
+#: Method settings added after the cache began, at the value that is the behaviour before them: left out of the key
+#: there, so that every run made before a setting existed keeps its key. optimiser_step "minibatch": one step per
+#: minibatch of random transitions (the DDPO and D3PO presets now step per trajectory, and their keys change).
+SETTINGS_ADDED = {"optimiser_step": "minibatch"}
 
 #: The sampler every evaluation uses (the paper's: DDIM η = 1, T = 20, CFG 5), whatever the method trained with.
 EVAL_SAMPLER = {"sampler": "ddim", "eta": 1.0, "num_steps": 20, "guidance_scale": 5.0}
@@ -85,6 +89,9 @@ class RunSpec:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
         config["run"].pop("output_dir")
+        for name, before in SETTINGS_ADDED.items():
+            if config["method"].get(name) == before:
+                config["method"].pop(name)
         key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
                "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
