@@ -83,3 +83,42 @@ def test_every_cached_run_keeps_its_key_unless_its_behaviour_changed(monkeypatch
             assert "optimiser_step" not in data["key"]["config"]["method"]
             moved.append(path)
     assert len(kept) >= 40 and moved
+
+
+def test_long_horizon_ci_profile_end_to_end(tmp_path):
+    """The long-horizon claim on the CI profile: RDPO* and RDPO (λ = β) on two seeds, each evaluated at iteration 0
+    and 1 on the held-out validation and test sets (rewards, checker, spread, on-policy and reference-pair
+    log-ratios), its curves plotted, its comparisons paired by seed with t-intervals and detectable effects."""
+    done = _paper(tmp_path, "long-horizon")
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "ci" / "long-horizon.json").read_text())
+    assert data["setting"] == {"lr": 3e-3, "guidance_step": 0.2} and data["grid"][0]["done"]
+    assert [t["status"] for t in data["tiers"]][:2] == ["run", "run"]
+    assert {a["name"]: a["done"] for a in data["arms"]} == {"RDPO*": 2, "RDPO λ/β=1": 2}
+    runs = [p for p in (tmp_path / "runs").iterdir() if (p / "done").is_file()]
+    assert len(runs) == 4
+    for run in runs:
+        records = [json.loads(line) for line in (run / "checkpoints.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in records] == [0, 1]
+        for held in ("validation", "test"):
+            entry = records[-1]["sets"][held]
+            assert set(entry["rewards"]) == {"world-aesthetic", "compressibility", "world-fidelity"}
+            assert len(entry["rewards"]["world-aesthetic"]["values"]) == 4  # 2 prompts × 2 seeds
+            assert {"all", "colour"} <= set(entry["checker"]) and entry["spread"]["n"] == 2
+            for pairs in ("pairs", "reference_pairs"):
+                assert {"r_w", "r_l", "pair_mean", "psi_active", "beta_margin", "psi_term",
+                        "loss_minus_log2"} <= set(entry[pairs])
+            assert records[0]["sets"][held]["pairs"]["r_l"] == 0.0  # policy = reference at iteration 0
+        # validation and test differ in noise: not the same samples
+        assert (records[0]["sets"]["validation"]["rewards"]["world-aesthetic"]["values"]
+                != records[0]["sets"]["test"]["rewards"]["world-aesthetic"]["values"])
+        assert not list(run.glob("checkpoint-*")) and not (run / "lora").exists()  # no weights kept
+    first = next(v for v in data["verdicts"] if v["question"] == "RDPO λ/β=1 − RDPO*: test reward at the end")
+    diff = first["difference"]
+    assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"] and diff["detectable"] > 0
+    md = (tmp_path / "ci" / "long-horizon.md").read_text()
+    assert "detectable" in md and "not in this profile" in md
+    for claim in ("fig1", "fig3"):
+        assert (tmp_path / "ci" / f"long-horizon-{claim}.png").stat().st_size > 0
+    listed = _paper(tmp_path, "long-horizon", "--list")
+    assert listed.returncode == 0 and "todo" not in listed.stdout  # every run cached

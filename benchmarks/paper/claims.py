@@ -720,7 +720,11 @@ CLAIMS = {
     "table8": (table8_specs, table8_report, None),
     "spo-threshold-0": (spo0_specs, table3_report, None),
 }
-ORDER = ("fig1", "fig3", "table3", "table1", "table4", "table5", "table6", "table8", "spo-threshold-0")
+ORDER = ("long-horizon", "fig1", "fig3", "table3", "table1", "table4", "table5", "table6", "table8", "spo-threshold-0")
+
+from benchmarks.paper import long_horizon  # noqa: E402 - it builds on the helpers above
+
+CLAIMS["long-horizon"] = (long_horizon.specs, long_horizon.report, None)
 
 
 def profile(name: str) -> Profile:
