@@ -122,3 +122,46 @@ def test_long_horizon_ci_profile_end_to_end(tmp_path):
         assert (tmp_path / "ci" / f"long-horizon-{claim}.png").stat().st_size > 0
     listed = _paper(tmp_path, "long-horizon", "--list")
     assert listed.returncode == 0 and "todo" not in listed.stdout  # every run cached
+
+
+def _long_ci_spec(monkeypatch, tmp_path, iterations):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import claims, long_horizon, runs
+
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(claims.MODEL, "name", "test-tiny")
+    spec = long_horizon.grid_specs(claims.profile("ci"))[0]
+    spec.max_iterations = iterations
+    return runs, spec
+
+
+def test_an_interrupted_checkpointed_run_resumes_where_it_stopped(monkeypatch, tmp_path):
+    """A long run killed after its checkpoint at iteration 1 resumes from it (weights, optimiser, metrics and
+    held-out records up to it) and ends where an uninterrupted run ends."""
+    import torch
+
+    torch.set_num_threads(1)
+    runs, spec = _long_ci_spec(monkeypatch, tmp_path, iterations=2)
+    original = runs.HeldOutEvaluation.__call__
+    state = {"interrupt": True}
+
+    def interrupted(self, iteration):
+        original(self, iteration)
+        if iteration == 1 and state["interrupt"]:
+            raise KeyboardInterrupt("killed after the checkpoint of iteration 1")
+
+    monkeypatch.setattr(runs.HeldOutEvaluation, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runs.execute(spec, log=lambda m: None)
+    assert not runs.is_done(spec) and (spec.folder() / "checkpoint-000001").is_dir()
+    state["interrupt"] = False
+    runs.execute(spec, log=lambda m: None)
+    resumed = runs.load_checkpoints(spec)
+    metrics = runs.load_metrics(spec)
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "fresh")
+    runs.execute(spec, log=lambda m: None)
+    fresh = runs.load_checkpoints(spec)
+    assert resumed[-1]["sets"]["test"]["rewards"] == fresh[-1]["sets"]["test"]["rewards"]
+    assert resumed[-1]["sets"]["test"]["pairs"]["r_l"] == fresh[-1]["sets"]["test"]["pairs"]["r_l"] != 0.0

@@ -52,3 +52,23 @@ def test_paired_difference_skips_missing_seeds_and_refuses_unpaired_lists(stats)
     with pytest.raises(ValueError, match="b: expected one value per value of a"):
         stats.paired_difference([1.0, 2.0], [1.0])
     assert stats.verdict(stats.paired_difference([1.0, -1.0, 0.5], [0.0, 0.0, 0.0])).startswith("no detectable")
+
+
+def test_every_long_horizon_verdict_names_its_effect_interval_and_detectable_effect(monkeypatch, tmp_path, stats):
+    import json
+
+    from benchmarks.paper import claims, doc
+
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    profile = claims.profile("ci")
+    diff = stats.paired_difference([0.5, 0.7, 0.4], [0.3, 0.45, 0.25])
+    data = {"iterations": 150, "setting": {"lr": 3e-3, "guidance_step": 0.2}, "setting_reason": "degrades",
+            "best_ratio": "RDPO λ/β=1", "tiers": [{"tier": 0, "status": "run", "done": 4, "runs": 4},
+                                                 {"tier": 2, "status": "not run", "done": 0, "runs": 12}],
+            "verdicts": [{"claim": "Fig. 3c", "question": "RDPO λ/β=1 − RDPO*: test reward at the end",
+                          "difference": diff, "verdict": stats.verdict(diff)}]}
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "long-horizon.json").write_text(json.dumps(data))
+    line = doc.verdicts(profile)[0]
+    assert f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}], detectable {diff['detectable']:.4f}" in line
+    assert "tier 2 not run (0/12)" in line and "higher (interval above 0)" in line
