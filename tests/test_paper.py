@@ -124,6 +124,17 @@ def test_long_horizon_ci_profile_end_to_end(tmp_path):
     assert listed.returncode == 0 and "todo" not in listed.stdout  # every run cached
 
 
+@pytest.fixture()
+def test_parts():
+    """The test model part, registered in this process for the in-process runs (and removed after them)."""
+    import rdpo_zoo
+    from train_parts import TestParts
+
+    name = rdpo_zoo.register(TestParts, name="test-parts")
+    yield
+    rdpo_zoo.unregister(name)
+
+
 def _long_ci_spec(monkeypatch, tmp_path, iterations):
     monkeypatch.syspath_prepend(ROOT)
     from benchmarks.paper import claims, long_horizon, runs
@@ -135,7 +146,7 @@ def _long_ci_spec(monkeypatch, tmp_path, iterations):
     return runs, spec
 
 
-def test_an_interrupted_checkpointed_run_resumes_where_it_stopped(monkeypatch, tmp_path):
+def test_an_interrupted_checkpointed_run_resumes_where_it_stopped(monkeypatch, tmp_path, test_parts):
     """A long run killed after its checkpoint at iteration 1 resumes from it (weights, optimiser, metrics and
     held-out records up to it) and ends where an uninterrupted run ends."""
     import torch
