@@ -286,7 +286,7 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
 
     star = named.get("RDPO*")
     if star:
-        for a in _ratio_arms(found) + [a for a in found if a["name"].startswith("RDPO λ=")]:
+        for a in _ratio_arms(found) + [a for a in found if a["tier"] == 2 and a["name"].startswith("RDPO λ=")]:
             add("Fig. 3c", f"{a['name']} − RDPO*: test reward at the end", _paired(a["specs"], star, reward))
             add("Fig. 3c", f"{a['name']} − RDPO*: reward given back after the validation peak (final − peak, test)",
                 _paired(a["specs"], star, _drop))
