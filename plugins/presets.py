@@ -44,6 +44,8 @@ PRESETS = [
             learning_rate=3e-4,  # config/base.py train.learning_rate 3e-4
             gradient_guidance=False,  # single trajectories: no pair to guide
             reduction="mean",  # ddim_with_logprob.py: log_prob.mean over all but the batch dimension
+            optimiser_step="trajectory",  # train.py: gradient_accumulation_steps × num_train_timesteps, one step per
+            # trajectory's trained timesteps (config/base.py train.batch_size 1, gradient_accumulation_steps 1)
         ),
     ),
     Preset(
@@ -65,6 +67,8 @@ PRESETS = [
             learning_rate=3e-5,  # config/base.py train.learning_rate 3e-5
             gradient_guidance=False,  # D3PO: two independent trajectories, no guidance
             reduction="mean",  # ddim_with_logprob.py: mean over C·H·W
+            optimiser_step="trajectory",  # train_d3po.py: Accelerator(gradient_accumulation_steps = grad_accum ×
+            # num_train_timesteps), train.batch_size 1: one optimiser step per pair of trajectories
         ),
     ),
     Preset(

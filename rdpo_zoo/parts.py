@@ -587,6 +587,10 @@ ROLLOUTS = (
 )
 
 #: The settings a preset may fix, with their types; a trainer flag of the same name overrides the preset's.
+#: ``trajectory`` needs a rollout that records which trajectory each transition (pair) comes from
+OPTIMISER_STEPS = ("minibatch", "trajectory")
+TRAJECTORY_ROLLOUTS = ("two-trajectories", "single")
+
 SETTINGS = (
     Option("rollout", str, "branch-winner", "how step pairs are formed", choices=ROLLOUTS),
     Option("num_candidates", int, 2, "children drawn from one x_t (branching rollouts)", min=2),
@@ -611,6 +615,9 @@ SETTINGS = (
         "the steps trained on: all, uniform (t ~ U{0..999}, noised pairs), or a list of steps t of T such as 20,16,12",
     ),
     Option("threshold", float, None, "drop pairs whose reward gap (in units of the reward's scale) is below this", min=0.0),
+    Option("optimiser_step", str, "minibatch", "what one optimiser step covers: a minibatch of minibatch_size random "
+           "transitions, or every trained step of one trajectory (a pair of trajectories under two-trajectories), "
+           "the gradient accumulated over them (the public DDPO and D3PO code)", choices=OPTIMISER_STEPS),
     # 1e-3 trains the embedded default's LoRA within minutes (docs/rollout.md); every preset sets its paper's own
     Option("learning_rate", float, 1e-3, "the optimiser's learning rate", min=0.0, min_exclusive=True),
 )

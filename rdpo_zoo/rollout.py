@@ -64,6 +64,9 @@ class StepPairs:
     step_index: torch.Tensor  # [P] index into model.timesteps
     cond: Conditioning  # P entries
     values: torch.Tensor  # [P, 2] estimator values of (preferred, dispreferred)
+    #: [P] which trajectory (pair of trajectories) of the rollout each pair comes from; set by rollouts whose
+    #: methods step the optimiser once per trajectory (``optimiser_step="trajectory"``), else None
+    trajectory: Optional[torch.Tensor] = None
 
     @property
     def shared(self) -> bool:
@@ -77,16 +80,17 @@ class StepPairs:
         host = index.cpu()
         index = host_to_device(host, self.y.device)
         return StepPairs(self.x_t[index], self.y[index], self.step_index[index], self.cond.index(host),
-                         self.values[index])
+                         self.values[index], None if self.trajectory is None else self.trajectory[index])
 
     @staticmethod
     def cat(parts: Sequence["StepPairs"]) -> Optional["StepPairs"]:
         parts = [p for p in parts if p is not None and len(p)]
         if not parts:
             return None
+        ids = [p.trajectory for p in parts]
         return StepPairs(torch.cat([p.x_t for p in parts]), torch.cat([p.y for p in parts]),
                          torch.cat([p.step_index for p in parts]), Conditioning.cat([p.cond for p in parts]),
-                         torch.cat([p.values for p in parts]))
+                         torch.cat([p.values for p in parts]), None if any(i is None for i in ids) else torch.cat(ids))
 
 
 @dataclass
@@ -402,7 +406,7 @@ def rollout_trajectory_pairs(
             pairs.append(StepPairs(
                 torch.stack([x_t2[w, sel], x_t2[l, sel]], 1), torch.stack([y2[w, sel], y2[l, sel]], 1),
                 torch.full((len(sel),), index, device=model.device), cond.index(sel.cpu()),
-                torch.stack([values[sel, w], values[sel, l]], 1),
+                torch.stack([values[sel, w], values[sel, l]], 1), trajectory=sel,
             ))
     stats = {"groups": groups, "pairs": kept, "pairs_kept_fraction": kept / groups if groups else float("nan"),
              "unet_calls": model.unet_calls - calls_before}

@@ -46,6 +46,7 @@ from rdpo_zoo.run_folder import (  # noqa: E402
     complete_checkpoints, latest_checkpoint, remove_run_files,
 )
 from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa: E402
+from rdpo_zoo.parts import TRAJECTORY_ROLLOUTS  # noqa: E402
 
 PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
 #: base-vs-tuned image pairs drawn into eval.png at the end of a run
@@ -179,6 +180,9 @@ class Trainer:
             raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
         if rollout == "noised-pairs" and m["estimator"] not in (None, "final-order"):
             raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
+        if m.get("optimiser_step") == "trajectory" and rollout not in TRAJECTORY_ROLLOUTS:
+            raise ValueError(f"optimiser_step: 'trajectory' steps once per trajectory, which only the rollouts "
+                             f"{', '.join(TRAJECTORY_ROLLOUTS)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
         from rdpo_zoo.losses import POLICY_GRADIENT_LOSSES
@@ -269,14 +273,16 @@ class Trainer:
         pick = torch.randint(len(self.prompts), (self.run.prompts_per_iteration,), generator=g)
         return [self.prompts[i] for i in pick.tolist()]
 
-    def rollout(self, iteration: int):
+    def rollout(self, iteration: int, prompts: Optional[list] = None, generator: Optional[torch.Generator] = None):
+        """The method's rollout of iteration ``iteration``'s prompts and noise, or of ``prompts`` with
+        ``generator`` (an evaluation's fixed held-out set)."""
         from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
 
         m, run = self.method, self.run
         if self.offline is not None:
             return self._offline_chunk(iteration)
-        prompts = self._iteration_prompts(iteration)
-        generator = self._generator(iteration, 2)
+        prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
+        generator = self._generator(iteration, 2) if generator is None else generator
         self.model.unet.eval()
         with self.accelerator.autocast():
             cond = self.model.encode(prompts)
@@ -389,17 +395,27 @@ class Trainer:
         if n_max == 0:
             return {}
         self.model.unet.train()
-        per_epoch = math.ceil(n_max / run.minibatch_size)
+        per_trajectory = self.method.get("optimiser_step") == "trajectory"
+        groups = []
+        if per_trajectory:  # one optimiser step per trajectory (pair): every process takes the most trajectories'
+            groups = self._trajectories(batch) if n_local else []
+            n_max = int(acc.gather(torch.tensor([len(groups)], device=acc.device)).max())
+        per_epoch = n_max if per_trajectory else math.ceil(n_max / run.minibatch_size)
         # the pairs' steps on the host, once: the loss gets host coefficients (no device sync per minibatch)
         steps = batch.step_index.cpu() if n_local and hasattr(batch, "step_index") else None
         stats = {key: [] for key in _OPTIMISE_STATS}
         minibatches = []  # (epoch, minibatch, host index) of each loss, for the error message
+        optimiser_steps = 0
+        empty = torch.empty(0, dtype=torch.long)
         for epoch in range(run.inner_epochs):
             g = self._generator(iteration, 3, epoch)
-            if n_local:
+            if per_trajectory:  # its trained steps in one minibatch: the loss's mean over them is the public code's
+                parts = [groups[int(i)] for i in torch.randperm(len(groups), generator=g)]  # accumulated gradient
+                parts += [empty] * (per_epoch - len(parts))
+            elif n_local:
                 parts = torch.randperm(n_local, generator=g).tensor_split(per_epoch)
             else:
-                parts = [torch.empty(0, dtype=torch.long)] * per_epoch
+                parts = [empty] * per_epoch
             for mb, index in enumerate(parts):
                 with acc.accumulate(self.train_unet):
                     if len(index):
@@ -422,11 +438,12 @@ class Trainer:
                             stats["grad_norm"].append(torch.as_tensor(norm, device=acc.device))
                     self.optimiser.step()
                     self.optimiser.zero_grad(set_to_none=True)
+                    optimiser_steps += int(acc.sync_gradients)
                 stats["loss"].append(loss.detach())
                 minibatches.append((epoch, mb, index))
         values = _fetch_stats(stats)
         self._check_finite(values["loss"], minibatches, iteration)
-        return {k: sum(v) / len(v) for k, v in values.items() if v}
+        return {**{k: sum(v) / len(v) for k, v in values.items() if v}, "optimiser_steps": optimiser_steps}
 
     def _check_finite(self, losses: list, minibatches: list, iteration: int) -> None:
         """Raise ``TrainingError`` on every process if a loss of this iteration was not finite on any."""
@@ -443,6 +460,16 @@ class Trainer:
             raise TrainingError(
                 f"non-finite loss {losses[bad]} at iteration {iteration}, epoch {epoch}, minibatch {mb} "
                 f"(pairs {index.tolist()} of this rollout); the last checkpoint, {last or 'none yet'}, is kept")
+
+    @staticmethod
+    def _trajectories(batch) -> list[torch.Tensor]:
+        """The indices of ``batch``'s transitions (pairs), one tensor per trajectory (pair of trajectories)."""
+        ids = batch.sample_id if hasattr(batch, "sample_id") else batch.trajectory
+        if ids is None:
+            raise ValueError("optimiser_step: 'trajectory' needs pairs that record their trajectory; this rollout's "
+                             "do not")
+        ids = ids.cpu()
+        return [(ids == t).nonzero()[:, 0] for t in ids.unique().tolist()]
 
     def _pair_stats(self, stats: dict, r: torch.Tensor) -> None:
         """The pair statistics of a minibatch, as device scalars (fetched with the others at the end)."""

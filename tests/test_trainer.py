@@ -327,3 +327,75 @@ def test_optimise_takes_every_pair_once_per_epoch_and_reads_the_device_once(tmp_
         assert sorted(i for ix in seen[epoch * per_epoch:(epoch + 1) * per_epoch] for i in ix) == list(range(n))
     assert reads["n"] <= 2, reads  # the pair count gathered over processes; nothing per minibatch
     assert all(isinstance(stats[k], float) for k in ("loss", "r_w", "r_l", "margin", "accuracy", "grad_norm"))
+
+
+@pytest.mark.parametrize("preset", ["d3po", "ddpo"])
+def test_ddpo_and_d3po_step_once_per_trajectory_with_the_gradient_over_its_steps(tmp_path, preset):
+    """The public DDPO and D3PO code (BASELINES.md) takes one optimiser step per sample trajectory (D3PO: per pair of
+    trajectories), its gradient accumulated over the trajectory's trained timesteps; the presets say so
+    (``optimiser_step="trajectory"``), and the old random-transition minibatches stay reachable."""
+    trainer = Trainer(small_config(tmp_path, preset, max_grad_norm=0.0, minibatch_size=2))
+    assert trainer.method["optimiser_step"] == "trajectory"
+    result = trainer.rollout(0)
+    per_sample = trainer.per_sample
+    batch = result.samples if per_sample else result.pairs
+    advantages = trainer.advantages(result.prompts, result.final_rewards) if per_sample else None
+    trajectories = len(result.prompts) if per_sample else len(result.prompts) // 2  # D3PO: 2 finals per pair
+    steps_trained = len(trainer.train_steps)
+    assert len(batch) == trajectories * steps_trained  # every pair kept (the test reward never ties)
+
+    def loss_of(part):
+        return trainer.sample_loss(part, advantages)[0] if per_sample else trainer.pair_loss(part)[0]
+
+    def grad_of(part):
+        trainer.optimiser.zero_grad(set_to_none=True)
+        loss_of(part).backward()
+        return torch.cat([p.grad.flatten() for p in trainer.trainable])
+
+    # the gradients each optimiser step will see, taken one timestep at a time at the current parameters
+    ids = (batch.sample_id if per_sample else batch.trajectory).cpu()
+    first_step = {}
+    seen, grads = [], []
+    original_step = trainer.optimiser.step
+
+    def recording_step(*args, **kwargs):
+        grads.append(torch.cat([p.grad.flatten().clone() for p in trainer.trainable]))
+        return original_step(*args, **kwargs)
+
+    original_loss = trainer.sample_loss if per_sample else trainer.pair_loss
+
+    def recording_loss(part, *args):
+        seen.append(part)
+        return original_loss(part, *args)
+
+    if not per_sample:
+        for t in ids.unique().tolist():
+            index = (ids == t).nonzero()[:, 0]
+            per_step = [grad_of(batch.select(index[i:i + 1])) for i in range(len(index))]
+            first_step[t] = torch.stack(per_step).mean(0)  # accumulated over the steps, each divided by their count
+        trainer.optimiser.zero_grad(set_to_none=True)
+    trainer.optimiser.step = recording_step
+    setattr(trainer, "sample_loss" if per_sample else "pair_loss", recording_loss)
+    stats = trainer.optimise(batch, iteration=0, advantages=advantages)
+    assert stats["optimiser_steps"] == len(grads) == trajectories
+    for part in seen:  # each step's minibatch is exactly one trajectory's trained steps
+        part_ids = (part.sample_id if per_sample else part.trajectory).cpu()
+        assert part_ids.unique().numel() == 1 and len(part) == steps_trained
+        assert sorted(part.step_index.tolist()) == sorted(batch.step_index[ids == part_ids[0]].tolist())
+    assert sorted(int((p.sample_id if per_sample else p.trajectory)[0]) for p in seen) == sorted(ids.unique().tolist())
+    if not per_sample:  # the first step's gradient is the mean of its trajectory's per-timestep gradients
+        t = int(seen[0].trajectory[0])
+        torch.testing.assert_close(grads[0], first_step[t], rtol=1e-4, atol=1e-4 * float(first_step[t].abs().max()))
+        assert float(first_step[t].abs().max()) > 0
+    # the earlier behaviour: minibatches of random transitions, one step each
+    old = Trainer(small_config(tmp_path / "old", preset, max_grad_norm=0.0, minibatch_size=2,
+                               optimiser_step="minibatch"))
+    result = old.rollout(0)
+    batch = result.samples if per_sample else result.pairs
+    advantages = old.advantages(result.prompts, result.final_rewards) if per_sample else None
+    assert old.optimise(batch, iteration=0, advantages=advantages)["optimiser_steps"] == -(-len(batch) // 2)
+
+
+def test_trajectory_steps_are_refused_where_the_rollout_records_no_trajectories(tmp_path):
+    with pytest.raises(ValueError, match="optimiser_step: 'trajectory'"):
+        Trainer(small_config(tmp_path, "tailorpo", optimiser_step="trajectory"))

@@ -1,9 +1,10 @@
 """``python -m benchmarks.paper CLAIM --profile quick|full [--jobs N]``: train what a claim needs (cached runs are
 never rerun), then write its JSON, markdown table and PNG under ``benchmarks/results/paper/<profile>/``.
 
-CLAIM is one of lr-pilot, fig1, fig3, table3, table1, table4, table5, table6, table8, ``all`` (every claim in the
-study's order of priority: Fig. 1, Fig. 3, Table 3, Table 1, Table 4, Tables 5, 6, 8) or ``report`` (tables and
-plots from whatever is cached, training nothing). ``--list`` prints the runs a claim needs and whether each is done.
+CLAIM is one of lr-pilot, long-horizon, fig1, fig3, table3, table1, table4, table5, table6, table8,
+spo-threshold-0, ``all`` (every claim in the study's order of priority: the long horizon, Fig. 1, Fig. 3, Table 3,
+Table 1, Table 4, Tables 5, 6, 8) or ``report`` (tables and plots from whatever is cached, training nothing).
+``--list`` prints the runs a claim needs and whether each is done.
 """
 
 from __future__ import annotations
@@ -83,15 +84,20 @@ def run_all(profile, jobs: int) -> None:
     rewritten after every finished run, so a session cut short still leaves tables of what was done."""
     import threading
 
-    tasks, seen = [], set()
-    for name in claims.ORDER:
-        if name == "table4":
-            tasks.append(("bon", None))
-        for spec in claims.CLAIMS[name][0](profile):
-            digest = spec.digest()
-            if digest not in seen and not is_done(spec):
-                seen.add(digest)
-                tasks.append(("run", spec))
+    def queue(first: bool) -> list:
+        tasks = []
+        for name in claims.ORDER:
+            if name == "table4" and first:
+                tasks.append(("bon", None))
+            for spec in claims.CLAIMS[name][0](profile):
+                digest = spec.digest()
+                if digest not in seen and not is_done(spec):
+                    seen.add(digest)
+                    tasks.append(("run", spec))
+        return tasks
+
+    seen = set()
+    tasks = queue(first=True)
     lock = threading.Lock()
 
     def reports() -> None:
@@ -118,15 +124,24 @@ def run_all(profile, jobs: int) -> None:
 
     _log(f"{sum(k == 'run' for k, _ in tasks)} runs to train and best-of-N ({jobs} at a time)")
     reports()  # the base model's evaluation first, then tables of what is cached
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(work, tasks))
+    while tasks:  # specs that depend on finished runs (the long-horizon setting, its confirmation) come in later rounds
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(work, tasks))
+        tasks = queue(first=False)
     reports()
 
 
 def run_claim(name: str, profile, jobs: int) -> None:
     specs_fn, report_fn, compute_fn = claims.CLAIMS[name]
     _log(f"== {name} ({profile.name})")
-    run_specs(specs_fn(profile), jobs)
+    # a claim's specs may depend on its earlier runs (the long-horizon setting on tier 0): train until none is left
+    todo = [s for s in specs_fn(profile) if not is_done(s)]
+    while todo:
+        run_specs(todo, jobs)
+        left = [s for s in specs_fn(profile) if not is_done(s)]
+        if {s.digest() for s in left} >= {s.digest() for s in todo}:
+            break  # nothing finished (failed runs): stop rather than loop
+        todo = left
     if compute_fn is not None:
         compute_fn(profile, log=_log)
     report_fn(profile)
@@ -167,6 +182,9 @@ def main(argv=None) -> int:
         return 0
     names = list(claims.ORDER) if args.claim in ("all", "report") else [args.claim]
     if args.list:
+        if "long-horizon" in names and profile.long is not None:
+            setting, why = claims.long_horizon.chosen_setting(profile)
+            print(f"long-horizon setting: lr {setting['lr']:g}, guidance step {setting['guidance_step']:g} ({why})")
         for name in names:
             for spec in claims.CLAIMS[name][0](profile):
                 print(f"{name:8} {'done' if is_done(spec) else 'todo':4} runs/{spec.digest()} {spec.label} "

@@ -27,6 +27,18 @@ def _diff(a: dict, b: dict):
 
 def verdicts(p) -> list[str]:
     out = []
+    d = _load(p, "long-horizon")
+    if d and d.get("tiers"):
+        from benchmarks.paper.stats import format_difference
+
+        tiers = ", ".join(f"tier {t['tier']} {t['status']} ({t['done']}/{t['runs']})" for t in d["tiers"])
+        setting = (f"lr {d['setting']['lr']:g}, guidance step {d['setting']['guidance_step']:g} "
+                   f"({d['setting_reason']})")
+        tested = [v for v in d["verdicts"] if v["difference"]["n"]]
+        out.append(f"Long horizon ({d['iterations']} iterations; {tiers}; setting {setting}; best λ/β on validation: "
+                   f"{d.get('best_ratio') or 'not chosen yet'}): " + ("; ".join(
+                       f"{v['claim']}, {v['question']}: {format_difference(v['difference'])}, {v['verdict']}"
+                       for v in tested) or "no comparison run yet") + ".")
     d = _load(p, "fig1")
     if d:
         done = [r for r in d["rows"] if r["done"]]

@@ -41,6 +41,10 @@ STUDY_VERSION = 1  # bump when the meaning of every cached result changes
 #: meaning reruns just those. gradient_guidance 2: TailorPO-G's guidance_step in units of the step's noise norm
 #: σ_t·√D (commit f6f63c9); 1 was a raw step, ~200× smaller on the embedded model.
 SETTING_VERSIONS = {"gradient_guidance": 2}
+#: Method settings added after the cache began, at the value that is the behaviour before them: left out of the key
+#: there, so that every run made before a setting existed keeps its key. optimiser_step "minibatch": one step per
+#: minibatch of random transitions (the DDPO and D3PO presets now step per trajectory, and their keys change).
+SETTINGS_ADDED = {"optimiser_step": "minibatch"}
 
 #: the run and method settings the cached keys were made with. A setting added to the package later enters a key only
 #: where a run sets it away from its default, so adding one keeps every cached run's key (its old behaviour is the
@@ -80,6 +84,10 @@ class RunSpec:
     eval_rewards: tuple = ALL_REWARDS
     max_iterations: int = 1000
     label: str = ""  # free text for tables; not hashed
+    #: checkpointed evaluation (the long-horizon claim): every this many iterations (and at 0) on the held-out sets;
+    #: 0: none. Both fields stay out of the key when absent, so that the runs made before them keep their keys.
+    checkpoint_every: int = 0
+    heldout: dict = field(default_factory=dict)  # name -> {"set", "prompts", "seeds", "pair_prompts"}
 
     def method_overrides(self) -> dict:
         return {**self.overrides, "learning_rate": self.learning_rate}
@@ -102,9 +110,14 @@ class RunSpec:
         # where the outputs go, and settings that cannot change them (CPU threads, trackers), stay out of the hash
         for name in ("output_dir", "threads", "report_to"):
             config["run"].pop(name, None)
+        for name, before in SETTINGS_ADDED.items():
+            if config["method"].get(name) == before:
+                config["method"].pop(name)
         key = {"version": STUDY_VERSION, "weights": _weights_id(self.model), "config": config, "budget": self.budget,
                "probe_prompts": self.probe_prompts, "eval_sets": self.eval_sets, "eval_seeds": list(self.eval_seeds),
                "eval_rewards": list(self.eval_rewards), "eval_sampler": EVAL_SAMPLER}
+        if self.checkpoint_every:
+            key["checkpoint_every"], key["heldout"] = self.checkpoint_every, self.heldout
         used = {name: v for name, v in SETTING_VERSIONS.items() if config["method"].get(name)}
         if used:  # absent otherwise, so that the runs not using a versioned setting keep their hashes
             key["setting_versions"] = used
@@ -156,6 +169,12 @@ def load_eval(spec: RunSpec) -> dict:
     return json.loads((spec.folder() / "eval.json").read_text())
 
 
+def load_checkpoints(spec: RunSpec) -> list[dict]:
+    """The checkpointed evaluations of a run (``checkpoints.jsonl``), in iteration order."""
+    path = spec.folder() / "checkpoints.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def _summary(values) -> dict:
     n = len(values)
     mean = sum(values) / n
@@ -185,21 +204,28 @@ def execute(spec: RunSpec, log=print) -> Path:
     _register_test_parts_if_needed(spec.model)
     import torch
 
-    shutil.rmtree(folder, ignore_errors=True)  # an incomplete run restarts from scratch
-    folder.mkdir(parents=True)
+    from rdpo_zoo.trainer import latest_checkpoint
+
+    # a checkpointed run resumes from its last checkpoint; any other incomplete run restarts from scratch
+    resume = bool(spec.checkpoint_every) and folder.is_dir() and latest_checkpoint(folder) is not None
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     (folder / "spec.json").write_text(json.dumps({"spec": spec.to_json(), "key": spec.key()}, indent=2, default=str))
     config = spec.train_config(str(folder))
+    config.run.resume = resume  # the trainer refuses a folder holding a run unless told to continue it
     torch.manual_seed(spec.seed)
     trainer = BudgetTrainer(config)
+    on_iteration = HeldOutEvaluation(trainer, spec) if spec.checkpoint_every else None
     t0 = time.time()
-    trainer.train_to_budget(spec.budget, spec.probe_prompts, log=log)
+    trainer.train_to_budget(spec.budget, spec.probe_prompts, log=log, on_iteration=on_iteration, resume=resume)
     train_seconds = time.time() - t0
     evaluation = evaluate_run(trainer, spec)
     evaluation["train_seconds"] = train_seconds
     evaluation["eval_seconds"] = time.time() - t0 - train_seconds
     (folder / "eval.json").write_text(json.dumps(evaluation, indent=1))
-    for name in ("lora",):  # weights are not results: keep the folder small (and never commit weights)
-        shutil.rmtree(folder / name, ignore_errors=True)
+    for path in [folder / "lora", *folder.glob("checkpoint-*")]:  # weights are not results (never commit them)
+        shutil.rmtree(path, ignore_errors=True)
     (folder / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) + "\n")
     return folder
 
@@ -223,39 +249,62 @@ class _BudgetTrainerMixin:
             self.run.prompts_per_iteration = keep
         return result.pairs
 
-    def probe(self, pairs, chunk: int = 32) -> dict:
-        """Mean log-ratios of the current policy on the fixed reference pairs (no gradient)."""
+    def pair_metrics(self, pairs, chunk: int = 32) -> dict:
+        """The current policy's log-ratios on ``pairs`` (no gradient): r_w, r_l, their pair mean, the accuracy, the
+        fraction with Ψ active (r_l > 0), β·(r_w − r_l), λ·max(0, r_l) (λ of a Ψ penalty, else 0) and the loss − log 2."""
         import torch
 
         self.model.unet.eval()
-        rows = []
+        rows, loss_sum = [], 0.0
         with torch.no_grad():
             for start in range(0, len(pairs), chunk):
                 index = torch.arange(start, min(start + chunk, len(pairs)))
-                rows.append(self.pair_loss(pairs.select(index))[1].float())
+                loss, r = self.pair_loss(pairs.select(index))
+                rows.append(r.float())
+                loss_sum += float(loss) * len(index)
         r = torch.cat(rows)
-        return {"ref_r_w": float(r[:, 0].mean()), "ref_r_l": float(r[:, 1].mean()),
-                "ref_pair_mean": float(r.mean()), "ref_accuracy": float((r[:, 0] > r[:, 1]).float().mean()),
-                "ref_pairs": len(pairs)}
+        r_w, r_l = r[:, 0], r[:, 1]
+        m = self.method
+        lam = (m["penalty_options"] or {}).get("lambda", 0.0) if m["penalty"] in ("psi", "psi-literal") else 0.0
+        return {"r_w": float(r_w.mean()), "r_l": float(r_l.mean()), "pair_mean": float(r.mean()),
+                "accuracy": float((r_w > r_l).float().mean()), "psi_active": float((r_l > 0).float().mean()),
+                "beta_margin": float((self.objective.beta * (r_w - r_l)).mean()),
+                "psi_term": float(lam * r_l.clamp_min(0).mean()),
+                "loss_minus_log2": loss_sum / len(pairs) - math.log(2.0), "pairs": len(pairs)}
 
-    def train_to_budget(self, budget: int, probe_prompts: int, log=print) -> None:
+    def probe(self, pairs, chunk: int = 32) -> dict:
+        """Mean log-ratios of the current policy on the fixed reference pairs (no gradient)."""
+        found = self.pair_metrics(pairs, chunk)
+        return {f"ref_{k}": found[k] for k in ("r_w", "r_l", "pair_mean", "accuracy", "pairs")}
+
+    def train_to_budget(self, budget: int, probe_prompts: int, log=print, on_iteration=None,
+                        resume: bool = False) -> None:
+        """Train until ``budget`` UNet evaluations are spent (or ``run.iterations``); ``on_iteration(i)`` is called
+        at 0 and after every iteration i (its UNet calls are not counted). ``resume``: continue from the newest
+        checkpoint in the output folder (its metrics are trimmed to it)."""
         run, model = self.run, self.model
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
-        if self.metrics_path.exists():
+        start = self.load_checkpoint() if resume else 0
+        if not start and self.metrics_path.exists():
             self.metrics_path.unlink()
+        spent_before = load_jsonl(self.metrics_path)[-1]["unet_calls_total"] if start else 0
         fixed = self.sample_reference_pairs(probe_prompts)
-        spent, probe_calls = 0, 0
-        if fixed is not None:
+        spent, probe_calls = spent_before, 0
+        if fixed is not None and not start:
             before = model.unet_calls
             self._log({"iteration": 0, "unet_calls_total": 0, **self.probe(fixed)})
             probe_calls += model.unet_calls - before
+        if on_iteration is not None:
+            before = model.unet_calls
+            on_iteration(start)
+            probe_calls += model.unet_calls - before
         start_calls = model.unet_calls - probe_calls
-        iteration = 0
+        iteration = start
         t_start = time.perf_counter()
         while spent < budget and iteration < run.iterations:
             _, record = self.step(iteration)
-            spent = model.unet_calls - probe_calls - start_calls
+            spent = spent_before + model.unet_calls - probe_calls - start_calls
             record["unet_calls_total"] = spent
             record["seconds_total"] = time.perf_counter() - t_start
             if "r_w" in record:
@@ -267,11 +316,99 @@ class _BudgetTrainerMixin:
             iteration += 1
             self.iteration = iteration
             self._log(record)
+            if on_iteration is not None:
+                before = model.unet_calls
+                on_iteration(iteration)
+                probe_calls += model.unet_calls - before
             log(f"  it {iteration}: spent {spent}/{budget} reward {record['reward_mean']:.4f} "
                 f"r_w {record.get('r_w', float('nan')):.4g} r_l {record.get('r_l', float('nan')):.4g} "
                 f"ref_r_l {record.get('ref_r_l', float('nan')):.4g} "
                 f"({record['seconds_rollout'] + record['seconds_optimise']:.1f} s)")
         self.save_lora(self.output_dir / "lora")
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _set_generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + 4242)
+
+
+class HeldOutEvaluation:
+    """The checkpointed evaluation of a long run: at iteration 0, every ``spec.checkpoint_every`` iterations and at
+    the last, on each held-out set (validation, test): the tuned model's samples of the set's prompts × seeds under
+    the evaluation sampler (every reward, the pixel checker, the per-prompt spread of the trained reward and of the
+    pixels), the method's own pairs rolled out on the set's first ``pair_prompts`` prompts by the current policy
+    (r_w, r_l, pair mean, Ψ active, β·(r_w − r_l), λ·max(0, r_l), loss − log 2) and the same on pairs sampled once
+    from the reference. One JSON line per checkpoint in ``checkpoints.jsonl``; after each (but the first) a trainer
+    checkpoint, from which an interrupted run resumes."""
+
+    def __init__(self, trainer, spec: RunSpec):
+        self.trainer, self.spec = trainer, spec
+        self.path = Path(trainer.output_dir) / "checkpoints.jsonl"
+        self.reference_pairs = None
+
+    def _pairs(self, name: str, reference: bool):
+        import torch
+
+        trainer, held = self.trainer, self.spec.heldout[name]
+        if not held.get("pair_prompts") or trainer.method["rollout"] in ("single", "noised-pairs"):
+            return None
+        prompts = _eval_prompts(held["set"], held["prompts"])[:held["pair_prompts"]]
+        trainer.model.unet.eval()
+        with torch.no_grad():
+            if reference:
+                with trainer.model.reference():
+                    result = trainer.rollout(0, prompts, _set_generator(held["seeds"][0]))
+            else:
+                result = trainer.rollout(0, prompts, _set_generator(held["seeds"][0] + 1))
+        return result.pairs
+
+    def __call__(self, iteration: int) -> None:
+        trainer, every = self.trainer, self.spec.checkpoint_every
+        if self.reference_pairs is None:  # first call (0, or the iteration resumed from): drop later records
+            self.reference_pairs = {name: self._pairs(name, reference=True) for name in self.spec.heldout}
+            kept = [r for r in load_jsonl(self.path) if r["iteration"] <= iteration]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            if any(r["iteration"] == iteration for r in kept):
+                return
+        if iteration % every and iteration < trainer.run.iterations:
+            return
+        t0 = time.time()
+        record = {"iteration": iteration, "sets": {name: self.evaluate(name) for name in self.spec.heldout}}
+        record["seconds"] = time.time() - t0
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if iteration:
+            trainer.save_checkpoint()
+
+    def evaluate(self, name: str) -> dict:
+        import torch
+
+        from rdpo_zoo.evaluate import checker_hits, draw_samples, per_prompt_pixel_distance, per_prompt_spread, summary
+
+        trainer, spec, held = self.trainer, self.spec, self.spec.heldout[name]
+        prompts = _eval_prompts(held["set"], held["prompts"])
+        trainer.model.unet.eval()
+        with torch.no_grad():
+            samples = draw_samples(eval_model(trainer.pipe), prompts, held["seeds"],
+                                   _rewards(spec.eval_rewards, trainer.registry), batch_size=36)
+        def kept(values) -> dict:  # per sample (per prompt for spreads): the same at every checkpoint, so paired
+            return {"values": [float(v) for v in values], **summary(values)}
+
+        out = {"rewards": {r: kept(values) for r, values in samples.rewards.items()},
+               "checker": {figure: kept(h) for figure, h in checker_hits(samples.images, samples.prompts).items()},
+               "spread": kept(per_prompt_spread(samples.rewards[spec.reward], samples.prompts)),
+               "pixel_spread": kept(per_prompt_pixel_distance(samples.images, samples.prompts))}
+        pairs = self._pairs(name, reference=False)
+        if pairs is not None and len(pairs):
+            out["pairs"] = trainer.pair_metrics(pairs)
+        if self.reference_pairs.get(name) is not None and len(self.reference_pairs[name]):
+            out["reference_pairs"] = trainer.pair_metrics(self.reference_pairs[name])
+        return out
 
 
 def _budget_trainer_class():
