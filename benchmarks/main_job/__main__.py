@@ -96,8 +96,8 @@ def report(stage: str) -> str:
         lines += [f"**{candidate}** (`{' '.join(CANDIDATES[candidate])}`), {reports[0][1]['n']} OOD prompt/seed pairs "
                   "per run, gain = tuned − base on the same noise, ± 1 s.e.:", ""]
         lines.append("| seed | checker all: base → tuned | gain | gain / s.e. | fidelity gain | aesthetic gain | "
-                     "colour gain | shape gain | background gain | KL | pixel spread change |")
-        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                     "colour gain | shape gain | background gain | size gain | KL | pixel spread change |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for seed, r in reports:
             c = r["checker"]["all"]
             g = lambda where: "{:+.4f} ± {:.4f}".format(_get(r, where)["gain"]["mean"], _get(r, where)["gain"]["se"])
@@ -105,6 +105,7 @@ def report(stage: str) -> str:
             lines.append(f"| {seed} | {c['base']['mean']:.3f} → {c['tuned']['mean']:.3f} | {g(('checker', 'all'))} | "
                          f"{ratio:.1f} | {g(('rewards', 'world-fidelity'))} | {g(('rewards', 'world-aesthetic'))} | "
                          f"{g(('checker', 'colour'))} | {g(('checker', 'shape'))} | {g(('checker', 'background'))} | "
+                         f"{g(('checker', 'size'))} | "
                          f"{r['kl']['expected']['mean']:.4f} | {r['pixel_spread']['gain']['mean']:+.3f} |")
         if len(reports) == len(seeds):
             trained = set(reports[0][1]["trained_on"])
