@@ -233,9 +233,13 @@ def all_arms(p: Profile) -> list[dict]:
 
 
 def specs(p: Profile) -> list[RunSpec]:
-    """Tier 0, then the tiers in priority order, then the confirmation (once its inputs are done)."""
+    """Tier 0, then the tiers in priority order, then the confirmation (once its inputs are done). While tier 0 has
+    not chosen the setting, only tier 0: the other tiers' runs depend on its choice (the runner asks again after
+    each round; ``arms`` shows them at the provisional setting)."""
     if p.long is None:
         return []
+    if chosen_setting(p)[1].startswith("provisional"):
+        return grid_specs(p)
     return grid_specs(p) + [s for a in all_arms(p) for s in a["specs"]]
 
 
