@@ -18,7 +18,7 @@ import torch
 from rdpo_zoo.diffusion import DiffusionModel
 from rdpo_zoo.rewards import Reward
 
-__all__ = ["sample_rewards", "summary", "evaluate_rewards", "save_comparison_grid", "ModelSamples", "draw_samples",
+__all__ = ["sample_rewards", "summary", "save_comparison_grid", "ModelSamples", "draw_samples",
            "paired", "per_prompt_spread", "per_prompt_pixel_distance", "checker_hits", "report_rewards",
            "compare_models", "format_report", "WORLD_REWARDS", "CHECKER_FIGURES"]
 
@@ -33,57 +33,28 @@ def _seed(seed: int, start: int) -> int:
     return seed * 1_000_003 + start * 7919 + 17
 
 
-@torch.no_grad()
 def sample_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[int], rewards: dict[str, Reward],
                    batch_size: int = 32, reference: bool = False, keep_images: int = 0,
                    images: Optional[list] = None, progress: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """Rewards ``{name: [len(seeds)·len(prompts)]}`` of samples of every prompt under every seed (seed-major).
+    """Rewards ``{name: [len(seeds)·len(prompts)]}`` of samples of every prompt under every seed (seed-major): the
+    rewards of :func:`draw_samples`.
 
     ``reference=True`` samples with the LoRA adapter disabled (the base model). With ``keep_images`` > 0 the first
     that many images (``[3, H, W]`` in [0, 1], on the CPU) are appended to the list ``images``. ``progress``
-    names a progress bar over the batches (shown on a terminal only)."""
+    names a progress bar over the images (shown on a terminal only)."""
     if keep_images and images is None:
         raise ValueError("images: expected a list to append the kept images to when keep_images > 0")
-    if not prompts:
-        raise ValueError("prompts: expected at least one prompt")
     if not rewards:
         raise ValueError("rewards: expected at least one reward")
     from tqdm.auto import tqdm
 
-    scores: dict[str, list] = {name: [] for name in rewards}
-    batches = [(seed, start) for seed in seeds for start in range(0, len(prompts), batch_size)]
     # disable=None: tqdm shows the bar on a terminal only (a log file gets the callers' lines instead)
-    for seed, start in tqdm(batches, desc=progress, unit="batch", disable=None if progress else True, leave=False):
-        chunk = list(prompts[start:start + batch_size])
-        generator = torch.Generator().manual_seed(_seed(int(seed), start))
-        cond = model.encode(chunk)
-        if reference:
-            with model.reference():
-                latents = model.sample(cond, generator)
-        else:
-            latents = model.sample(cond, generator)
-        decoded = model.decode(latents)
-        for name, reward in rewards.items():
-            scores[name].append(reward.score(decoded, chunk).float().cpu())
-        if keep_images > len(images or ()):
-            images.extend(decoded[: keep_images - len(images)].float().cpu())
-    return {name: torch.cat(values) for name, values in scores.items()}
-
-
-def evaluate_rewards(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[int], rewards: dict[str, Reward],
-                     batch_size: int = 32, compare_base: bool = False, progress: bool = False) -> dict:
-    """A table: per reward, mean ± s.e. over prompts × seeds (and, with ``compare_base``, the base model's and the
-    paired gain)."""
-    tuned = sample_rewards(model, prompts, seeds, rewards, batch_size,
-                           progress=("tuned" if compare_base else "model") if progress else None)
-    table = {name: {"tuned" if compare_base else "model": summary(values)} for name, values in tuned.items()}
-    if compare_base:
-        base = sample_rewards(model, prompts, seeds, rewards, batch_size, reference=True,
-                              progress="base" if progress else None)
-        for name in rewards:
-            table[name]["base"] = summary(base[name])
-            table[name]["gain"] = summary(tuned[name] - base[name])
-    return {"prompts": len(prompts), "seeds": list(seeds), "samples": len(prompts) * len(seeds), "rewards": table}
+    with tqdm(total=len(prompts) * len(seeds), desc=progress, unit="img", disable=None if progress else True,
+              leave=False) as bar:
+        drawn = draw_samples(model, prompts, seeds, rewards, batch_size, reference=reference, progress=bar.update)
+    if keep_images:
+        images.extend(drawn.images[:keep_images])
+    return drawn.rewards
 
 
 def save_comparison_grid(rows: Sequence[Sequence[torch.Tensor]], path, scale: int = 2,
@@ -158,7 +129,7 @@ class ModelSamples:
     """One model's samples of an evaluation set (seed-major, as :func:`sample_rewards`)."""
 
     prompts: list
-    images: torch.Tensor  # [N, 3, H, W] in [0, 1], on the CPU
+    images: torch.Tensor  # [N, 3, H, W] in [0, 1], on the CPU (averaged down to KEPT_IMAGE_SIDE when larger)
     rewards: dict  # name -> [N]
     kl: Optional[torch.Tensor] = None  # [N]: Σ_t E[log π_θ − log π_ref | x_t] along the sample's own chain
     kl_sampled: Optional[torch.Tensor] = None  # [N]: Σ_t (log π_θ − log π_ref)(x_{t-1}), the drawn step
@@ -220,12 +191,24 @@ def draw_samples(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[
             decoded = model.decode(latents)
             for name, reward in rewards.items():
                 scores[name].append(reward.score(decoded, chunk).float().cpu())
-            images.append(decoded.float().cpu())
+            images.append(_kept(decoded))
             if progress is not None:
                 progress(len(chunk))
     return ModelSamples(
         [p for _ in seeds for p in prompts], torch.cat(images), {k: torch.cat(v) for k, v in scores.items()},
         torch.cat(kls) if kl else None, torch.cat(kls_sampled) if kl else None)
+
+
+#: the side above which kept images are averaged down (area): pixel spread and the checker read 64×64 worlds
+#: exactly, and 256 samples of a 512×512 model would otherwise hold ~800 MB
+KEPT_IMAGE_SIDE = 128
+
+
+def _kept(images: torch.Tensor) -> torch.Tensor:
+    images = images.float()
+    if max(images.shape[-2:]) > KEPT_IMAGE_SIDE:
+        images = torch.nn.functional.interpolate(images, size=(KEPT_IMAGE_SIDE, KEPT_IMAGE_SIDE), mode="area")
+    return images.cpu()
 
 
 def paired(base: torch.Tensor, tuned: torch.Tensor) -> dict:
