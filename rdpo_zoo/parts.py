@@ -608,6 +608,8 @@ SETTINGS = (
     Option("guidance_scale", float, 5.0, "classifier-free guidance g of the rollout (1: conditional only)", min=0.0),
     Option("gradient_guidance", bool, None, "widen each pair's reward gap with the reward's gradient (TailorPO-G); "
            "none (auto): on for a branching rollout with a differentiable reward, as RDPO (RDPO* + Ψ) is built on it"),
+    Option("guidance_step", float, 0.1, "TailorPO-G step: x_w moves step·σ_t·√D along ∇r(x̂0) (a fraction of the "
+           "step's noise norm)", min=0.0),
     Option(
         "train_timesteps",
         str,
@@ -615,6 +617,8 @@ SETTINGS = (
         "the steps trained on: all, uniform (t ~ U{0..999}, noised pairs), or a list of steps t of T such as 20,16,12",
     ),
     Option("threshold", float, None, "drop pairs whose reward gap (in units of the reward's scale) is below this", min=0.0),
+    Option("gap_rule", str, "raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > "
+           "threshold)", choices=("raw", "softmax")),
     Option("optimiser_step", str, "minibatch", "what one optimiser step covers: a minibatch of minibatch_size random "
            "transitions, or every trained step of one trajectory (a pair of trajectories under two-trajectories), "
            "the gradient accumulated over them (the public DDPO and D3PO code)", choices=OPTIMISER_STEPS),
