@@ -157,7 +157,7 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
     """The :class:`~rdpo_zoo.config.TrainConfig` of a command line: defaults ← preset ← config file ← flags."""
     from rdpo_zoo.config import TrainConfig
     from rdpo_zoo.parts import parse_assignments
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     file_preset, file_method, file_run = (None, {}, {})
     if config_file is not None:

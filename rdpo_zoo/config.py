@@ -2,7 +2,7 @@
 
 :class:`RunSettings` holds everything about a run that is not the method (model, reward, LoRA, optimiser, budget,
 outputs); the method's settings (rollout, estimator, loss, …) are ``rdpo_zoo.parts.SETTINGS``, merged with a preset
-by ``rdpo_zoo.registry.merge_settings``. Each field's ``help`` is the CLI's help text, so the two cannot drift.
+by ``rdpo_zoo.resolve.merge_settings``. Each field's ``help`` is the CLI's help text, so the two cannot drift.
 """
 
 from __future__ import annotations

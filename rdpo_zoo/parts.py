@@ -463,11 +463,10 @@ class LossPart(Part):
         return obj
 
     def build(self, options=None):
-        """The loss alone (with the penalty it implies, if any, at that penalty's defaults) as an
-        :class:`rdpo_zoo.registry.Objective`; see :func:`rdpo_zoo.build_loss` to add a penalty."""
-        from rdpo_zoo.registry import build_loss
-
-        return build_loss(self, options)
+        """Refused: a loss is resolved with the penalty it includes, which is looked up in the registry, a layer
+        above the parts (``rdpo_zoo.resolve``): ``rdpo_zoo.build_loss(part, options)`` gives its Objective."""
+        raise TypeError(f"{self.label}: build it with rdpo_zoo.build_loss({self.name!r}, options[, penalty, "
+                        "penalty_options]), which also looks up the penalty it includes")
 
     def to_dict(self) -> dict:
         return dict(super().to_dict(), fused=self.fused, penalty=self.penalty)
@@ -648,7 +647,7 @@ def _check_settings(settings: Mapping[str, Any], where: str) -> dict:
 @dataclass(frozen=True)
 class Preset(Part):
     """A method as data: a named combination of settings (see ``SETTINGS``). Explicit flags override it
-    (:func:`rdpo_zoo.merge_settings`). ``build(overrides)`` returns the merged settings."""
+    (:func:`rdpo_zoo.merge_settings` gives the merged settings)."""
 
     kind: ClassVar[str] = "preset"
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -660,9 +659,9 @@ class Preset(Part):
         object.__setattr__(self, "settings", _check_settings(self.settings, f"preset {self.name!r}"))
 
     def build(self, overrides=None) -> dict:
-        from rdpo_zoo.registry import merge_settings
-
-        return merge_settings(self, overrides or {})
+        """Refused: merging looks parts up in the registry, a layer above the parts (``rdpo_zoo.resolve``)."""
+        raise TypeError(f"{self.label}: merge it with rdpo_zoo.merge_settings({self.name!r}, overrides), which "
+                        "looks its parts up in the registry")
 
     def to_dict(self) -> dict:
         data = super().to_dict()

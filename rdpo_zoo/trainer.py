@@ -5,7 +5,7 @@ The policy is the pipeline's UNet with a LoRA adapter; the reference policy is t
 disabled (no second copy of the weights). Only LoRA parameters train; the text encoder(s) and the VAE are frozen.
 
 Method settings (rollout, estimator, loss, penalty, β, λ, timesteps, …) come from a preset merged with explicit
-flags (``rdpo_zoo.registry.merge_settings``); run settings (model, reward, LoRA, optimiser, budget, outputs) are
+flags (``rdpo_zoo.resolve.merge_settings``); run settings (model, reward, LoRA, optimiser, budget, outputs) are
 :class:`RunSettings`. Outputs under ``output_dir``: ``config.json`` (the resolved configuration),
 ``metrics.jsonl`` (one line per iteration), ``checkpoint-NNNNNN/`` (the LoRA in diffusers' format plus the
 optimiser, scheduler and step state; written to a temporary folder and renamed, so a crash never corrupts the last
@@ -76,7 +76,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None, registry=None):
         from accelerate import Accelerator
 
-        from rdpo_zoo.registry import build_loss, build_reward, get_registry
+        from rdpo_zoo.registry import build_reward, get_registry
+        from rdpo_zoo.resolve import build_loss
 
         self.config = config
         self.method, self.run = config.method, config.run

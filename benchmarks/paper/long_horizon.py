@@ -42,7 +42,7 @@ TIER_NAMES = {0: "RDPO* grid (find the failure)", 1: "RDPO* and RDPO at λ/β �
 
 
 def _beta(preset: str) -> float:
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     return float(merge_settings(preset)["loss_options"].get("beta", 0.1))
 

@@ -94,7 +94,7 @@ class RunSpec:
 
     def train_config(self, output_dir: str):
         from rdpo_zoo.config import RunSettings, TrainConfig, move_to_method
-        from rdpo_zoo.registry import merge_settings
+        from rdpo_zoo.resolve import merge_settings
 
         # a stored spec of an older run may hold guidance_step under run: it is a method setting now
         overrides, run = move_to_method(self.method_overrides(), self.run)
@@ -163,7 +163,7 @@ def _key_moved_settings_at_their_old_place(config: dict) -> None:
 def _drop_new_defaults(config: dict) -> None:
     """Leave out of a key the settings added after the cache was made, where they hold their defaults."""
     from rdpo_zoo.config import RunSettings
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     for section, keyed, defaults in (("run", KEYED_RUN_SETTINGS, dataclasses.asdict(RunSettings())),
                                      ("method", KEYED_METHOD_SETTINGS, merge_settings(None, {}))):
