@@ -27,7 +27,8 @@ import torch
 
 def check(mixed_precision: str, iterations: int, folder: str) -> dict:
     from rdpo_zoo.config import RunSettings, TrainConfig
-    from rdpo_zoo.registry import get_registry, merge_settings
+    from rdpo_zoo.registry import get_registry
+    from rdpo_zoo.resolve import merge_settings
     from rdpo_zoo.trainer import LORA_WEIGHT_NAME, Trainer
 
     method = merge_settings(None, dict(estimator="delta-q", loss="rdpo"))

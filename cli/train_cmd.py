@@ -16,7 +16,7 @@ from typing import Any, Optional
 import click
 
 from rdpo_zoo.cli.plugins_cmd import model_part, part_options, part_overrides
-from rdpo_zoo.config import RunSettings, check_value_type, run_setting_fields
+from rdpo_zoo.config import RunSettings, check_value_type, move_to_method, run_setting_fields
 from rdpo_zoo.errors import UserInputError
 from rdpo_zoo.parts import PART_SETTINGS, SETTINGS, OptionError
 
@@ -128,7 +128,7 @@ def _split_config(data: dict, where: str = "--config") -> tuple[Optional[str], d
     for section, values in (("method", method), ("run", run)):
         if not isinstance(values, dict):
             raise UserInputError(f"{where}: {section}: expected a table of settings, got {values!r}")
-    method, run = dict(method), dict(run)
+    method, run = move_to_method(method, run)  # guidance_step, gap_rule: run settings before they were the method's
     run_fields = {f.name: f for f in run_setting_fields()}
     method_options = {o.name: o for o in SETTINGS}
     for key, value in data.items():
@@ -157,7 +157,7 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
     """The :class:`~rdpo_zoo.config.TrainConfig` of a command line: defaults ← preset ← config file ← flags."""
     from rdpo_zoo.config import TrainConfig
     from rdpo_zoo.parts import parse_assignments
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     file_preset, file_method, file_run = (None, {}, {})
     if config_file is not None:

@@ -104,6 +104,8 @@ PRESETS = [
                 "clamp_eps": 0.1,  # basic_config.py eps 0.1
             },
             threshold=0.3,  # basic_config.py threshold 0.3 (SDXL config 0.4)
+            gap_rule="softmax",  # multi_sample_pipeline.py: a pair is kept when softmax([s_w, s_l])[0] − [1] > threshold,
+            # i.e. tanh((s_w − s_l)/2) > threshold (the gap in units of the reward's scale)
             scheduler="ddim",  # ddim_with_logprob.py (DDPO's)
             eta=1.0,  # basic_config.py eta 1.0
             num_steps=20,  # basic_config.py num_steps 20

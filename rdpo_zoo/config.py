@@ -2,7 +2,7 @@
 
 :class:`RunSettings` holds everything about a run that is not the method (model, reward, LoRA, optimiser, budget,
 outputs); the method's settings (rollout, estimator, loss, …) are ``rdpo_zoo.parts.SETTINGS``, merged with a preset
-by ``rdpo_zoo.registry.merge_settings``. Each field's ``help`` is the CLI's help text, so the two cannot drift.
+by ``rdpo_zoo.resolve.merge_settings``. Each field's ``help`` is the CLI's help text, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -11,7 +11,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields", "check_value_type"]
+__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields", "check_value_type",
+           "MOVED_TO_METHOD", "move_to_method"]
+
+#: Settings that were run settings and are now method settings (so that a preset can fix them: SPO's gap rule,
+#: TailorPO-G's guidance step). Config files and the ``config.json`` of older runs may still hold them under ``run``.
+MOVED_TO_METHOD = ("guidance_step", "gap_rule")
+
+
+def move_to_method(method: dict, run: dict) -> tuple[dict, dict]:
+    """``(method, run)`` with the settings of :data:`MOVED_TO_METHOD` found in ``run`` moved to ``method`` (copies;
+    a value already in ``method`` wins, as it is the newer layout)."""
+    method, run = dict(method), dict(run)
+    for name in MOVED_TO_METHOD:
+        if name in run:
+            value = run.pop(name)
+            method.setdefault(name, value)
+    return method, run
 
 
 def _field(default, help: str, **kw):
@@ -68,10 +84,6 @@ class RunSettings:
                                            choices=("triton", "reference"))
     offline_pairs: Optional[str] = _field(None, "a JSONL of {prompt, chosen, rejected} image paths (Diffusion-DPO "
                                                 "data): train on these pairs instead of online rollouts")
-    guidance_step: float = _field(0.1, "TailorPO-G step: x_w moves step·σ_t·√D along ∇r(x̂0) (a fraction of the step's noise norm)",
-                                  min=0.0)
-    gap_rule: str = _field("raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > threshold)",
-                           choices=("raw", "softmax"))
     quiet: bool = _field(False, "no progress bars or per-iteration lines", resumable=True)
     threads: Optional[int] = _field(None, "torch CPU threads (default: half the cores, at most 8; docs/cli.md)", min=1,
                                     resumable=True)
@@ -101,7 +113,8 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(data: dict) -> "TrainConfig":
-        return TrainConfig(dict(data["method"]), RunSettings(**data["run"]), data.get("preset"))
+        method, run = move_to_method(data["method"], data["run"])
+        return TrainConfig(method, RunSettings(**run), data.get("preset"))
 
 
 def parse_train_timesteps(value: str, num_steps: int, branch_start: int = 0) -> Optional[list[int]]:

@@ -463,11 +463,10 @@ class LossPart(Part):
         return obj
 
     def build(self, options=None):
-        """The loss alone (with the penalty it implies, if any, at that penalty's defaults) as an
-        :class:`rdpo_zoo.registry.Objective`; see :func:`rdpo_zoo.build_loss` to add a penalty."""
-        from rdpo_zoo.registry import build_loss
-
-        return build_loss(self, options)
+        """Refused: a loss is resolved with the penalty it includes, which is looked up in the registry, a layer
+        above the parts (``rdpo_zoo.resolve``): ``rdpo_zoo.build_loss(part, options)`` gives its Objective."""
+        raise TypeError(f"{self.label}: build it with rdpo_zoo.build_loss({self.name!r}, options[, penalty, "
+                        "penalty_options]), which also looks up the penalty it includes")
 
     def to_dict(self) -> dict:
         return dict(super().to_dict(), fused=self.fused, penalty=self.penalty)
@@ -608,6 +607,8 @@ SETTINGS = (
     Option("guidance_scale", float, 5.0, "classifier-free guidance g of the rollout (1: conditional only)", min=0.0),
     Option("gradient_guidance", bool, None, "widen each pair's reward gap with the reward's gradient (TailorPO-G); "
            "none (auto): on for a branching rollout with a differentiable reward, as RDPO (RDPO* + Ψ) is built on it"),
+    Option("guidance_step", float, 0.1, "TailorPO-G step: x_w moves step·σ_t·√D along ∇r(x̂0) (a fraction of the "
+           "step's noise norm)", min=0.0),
     Option(
         "train_timesteps",
         str,
@@ -615,6 +616,8 @@ SETTINGS = (
         "the steps trained on: all, uniform (t ~ U{0..999}, noised pairs), or a list of steps t of T such as 20,16,12",
     ),
     Option("threshold", float, None, "drop pairs whose reward gap (in units of the reward's scale) is below this", min=0.0),
+    Option("gap_rule", str, "raw", "pair filter: raw (Δ/scale > threshold) or softmax (SPO: tanh(Δ/2scale) > "
+           "threshold)", choices=("raw", "softmax")),
     Option("optimiser_step", str, "minibatch", "what one optimiser step covers: a minibatch of minibatch_size random "
            "transitions, or every trained step of one trajectory (a pair of trajectories under two-trajectories), "
            "the gradient accumulated over them (the public DDPO and D3PO code)", choices=OPTIMISER_STEPS),
@@ -644,7 +647,7 @@ def _check_settings(settings: Mapping[str, Any], where: str) -> dict:
 @dataclass(frozen=True)
 class Preset(Part):
     """A method as data: a named combination of settings (see ``SETTINGS``). Explicit flags override it
-    (:func:`rdpo_zoo.merge_settings`). ``build(overrides)`` returns the merged settings."""
+    (:func:`rdpo_zoo.merge_settings` gives the merged settings)."""
 
     kind: ClassVar[str] = "preset"
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -656,9 +659,9 @@ class Preset(Part):
         object.__setattr__(self, "settings", _check_settings(self.settings, f"preset {self.name!r}"))
 
     def build(self, overrides=None) -> dict:
-        from rdpo_zoo.registry import merge_settings
-
-        return merge_settings(self, overrides or {})
+        """Refused: merging looks parts up in the registry, a layer above the parts (``rdpo_zoo.resolve``)."""
+        raise TypeError(f"{self.label}: merge it with rdpo_zoo.merge_settings({self.name!r}, overrides), which "
+                        "looks its parts up in the registry")
 
     def to_dict(self) -> dict:
         data = super().to_dict()

@@ -119,7 +119,11 @@ def settings_changes(stored: dict, requested: dict) -> tuple[list[str], list[str
     """The differences between a stored run configuration (``TrainConfig.to_dict()``, e.g. ``config.json``) and a
     requested one, as ``"run.iterations: 2 → 3"`` lines: ``(allowed, refused)``, where allowed are the run settings
     marked ``resumable`` (the budget, checkpointing, evaluation, logging) and everything else is refused."""
+    from rdpo_zoo.config import move_to_method
+
     stored, requested = _plain(stored), _plain(requested)
+    for config in (stored, requested):  # an older run's config.json holds guidance_step and gap_rule under run
+        config["method"], config["run"] = move_to_method(config.get("method") or {}, config.get("run") or {})
     resumable = _resumable_run_settings()
     allowed, refused = [], []
     if stored.get("preset") != requested.get("preset"):

@@ -207,7 +207,7 @@ def _one_config(size: str, rollout: str, checkpointing: bool, device, mixed_prec
                 iterations: int = 2) -> dict:
     import rdpo_zoo.kernels as kernels
     from rdpo_zoo.config import RunSettings, TrainConfig
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
     from rdpo_zoo.trainer import Trainer
 
     shape = SIZES[size]

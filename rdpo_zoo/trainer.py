@@ -5,7 +5,7 @@ The policy is the pipeline's UNet with a LoRA adapter; the reference policy is t
 disabled (no second copy of the weights). Only LoRA parameters train; the text encoder(s) and the VAE are frozen.
 
 Method settings (rollout, estimator, loss, penalty, β, λ, timesteps, …) come from a preset merged with explicit
-flags (``rdpo_zoo.registry.merge_settings``); run settings (model, reward, LoRA, optimiser, budget, outputs) are
+flags (``rdpo_zoo.resolve.merge_settings``); run settings (model, reward, LoRA, optimiser, budget, outputs) are
 :class:`RunSettings`. Outputs under ``output_dir``: ``config.json`` (the resolved configuration),
 ``metrics.jsonl`` (one line per iteration), ``checkpoint-NNNNNN/`` (the LoRA in diffusers' format plus the
 optimiser, scheduler and step state; written to a temporary folder and renamed, so a crash never corrupts the last
@@ -76,7 +76,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None, registry=None):
         from accelerate import Accelerator
 
-        from rdpo_zoo.registry import build_loss, build_reward, get_registry
+        from rdpo_zoo.registry import build_reward, get_registry
+        from rdpo_zoo.resolve import build_loss
 
         self.config = config
         self.method, self.run = config.method, config.run
@@ -278,7 +279,7 @@ class Trainer:
         ``generator`` (an evaluation's fixed held-out set)."""
         from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
 
-        m, run = self.method, self.run
+        m = self.method
         if self.offline is not None:
             return self._offline_chunk(iteration)
         prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
@@ -289,14 +290,14 @@ class Trainer:
             rollout = m["rollout"]
             threshold = m["threshold"] or 0.0
             if rollout.startswith("branch-"):
-                guidance = Guidance(run.guidance_step) if self.guided else None
+                guidance = Guidance(m["guidance_step"]) if self.guided else None
                 return rollout_branching(
                     self.model, cond, self.reward, self.estimator, self.train_steps, generator,
                     k=m["num_candidates"], continue_from=rollout.split("-", 1)[1], threshold=threshold,
-                    gap_rule=run.gap_rule, guidance=guidance)
+                    gap_rule=m["gap_rule"], guidance=guidance)
             if rollout == "two-trajectories":
                 return rollout_trajectory_pairs(self.model, cond, self.reward, self.estimator, self.train_steps,
-                                                generator, threshold=threshold, gap_rule=run.gap_rule)
+                                                generator, threshold=threshold, gap_rule=m["gap_rule"])
             if rollout == "single":
                 return rollout_single(self.model, cond, self.reward, self.train_steps, generator,
                                       reduction=m["reduction"])
@@ -304,7 +305,7 @@ class Trainer:
                 from rdpo_zoo.noised_pairs import rollout_noised_pairs
 
                 return rollout_noised_pairs(self.model, cond, self.reward, generator, threshold=threshold,
-                                            gap_rule=run.gap_rule)
+                                            gap_rule=m["gap_rule"])
         raise ValueError(f"rollout: unknown rollout {rollout!r}")
 
     def _offline_chunk(self, iteration: int):

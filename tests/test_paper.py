@@ -68,7 +68,8 @@ def test_threads_and_trackers_stay_out_of_the_cache_key(monkeypatch):
 def test_every_cached_run_keeps_its_key_unless_its_behaviour_changed(monkeypatch):
     """A new method setting enters the key only away from the behaviour before it: every cached run of the
     current weights recomputes, from its stored spec, the name of its own folder, except the DDPO and D3PO runs,
-    which now step once per trajectory (their behaviour changed, so their keys must)."""
+    which now step once per trajectory, and the SPO runs with a threshold, which now filter pairs with SPO's softmax
+    rule (their behaviour changed, so their keys must)."""
     monkeypatch.syspath_prepend(ROOT)
     from benchmarks.paper import runs
 
@@ -84,15 +85,25 @@ def test_every_cached_run_keeps_its_key_unless_its_behaviour_changed(monkeypatch
         spec = runs.RunSpec.from_json(data["spec"])
         if data["key"]["weights"] != weights:
             continue  # made on earlier embedded weights: no longer read by any report
-        method = spec.key()["config"]["method"]
+        config = spec.key()["config"]
+        method = config["method"]
         if spec.digest() == os.path.basename(path):
             assert "optimiser_step" not in method
+            assert not (spec.preset == "spo" and method["threshold"]), path
             kept.append(path)
+        elif spec.preset == "spo":
+            assert method["threshold"] and config["run"]["gap_rule"] == "softmax", path
+            assert data["key"]["config"]["run"]["gap_rule"] == "raw"
+            moved.append(path)
         else:
             assert method["optimiser_step"] == "trajectory" and spec.preset in ("ddpo", "d3po"), path
             assert "optimiser_step" not in data["key"]["config"]["method"]
             moved.append(path)
     assert len(kept) >= 40  # (the moved ones leave the cache once rerun: none need remain)
+    # guidance_step and gap_rule, method settings now, are keyed where they were (run) so that the keys above hold
+    assert {"guidance_step", "gap_rule"} <= set(runs.RunSpec("tailorpo").key()["config"]["run"])
+    assert runs.RunSpec("spo").key()["config"]["run"]["gap_rule"] == "softmax"
+    assert runs.RunSpec("spo", overrides={"threshold": 0.0}).key()["config"]["run"]["gap_rule"] == "raw"
     assert runs.RunSpec("d3po").key()["config"]["method"]["optimiser_step"] == "trajectory"
     assert runs.RunSpec("ddpo").key()["config"]["method"]["optimiser_step"] == "trajectory"
     assert "optimiser_step" not in runs.RunSpec("tailorpo").key()["config"]["method"]

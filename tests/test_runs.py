@@ -127,11 +127,18 @@ def test_settings_changes_sort_resumable_from_refused_and_a_file_is_no_output_di
 
     stored = small_config(tmp_path).to_dict()
     requested = small_config(tmp_path / "moved", iterations=9, quiet=False, seed=3, eta=0.5).to_dict()
-    del stored["run"]["gap_rule"]  # a setting an older version did not record
+    del stored["run"]["offline_pairs"]  # a setting an older version did not record
     allowed, refused = settings_changes(stored, requested)
     assert allowed == ["run.iterations: 2 → 9", f"run.output_dir: {str(tmp_path)!r} → {str(tmp_path / 'moved')!r}",
                        "run.quiet: True → False"]
-    assert refused == ["method.eta: 1.0 → 0.5", "run.gap_rule: (not set) → 'raw'", "run.seed: 0 → 3"]
+    assert refused == ["method.eta: 1.0 → 0.5", "run.offline_pairs: (not set) → None", "run.seed: 0 → 3"]
+    # an older run's config.json holds guidance_step and gap_rule under run: the same settings, not a difference
+    older = small_config(tmp_path).to_dict()
+    for name in ("guidance_step", "gap_rule"):
+        older["run"][name] = older["method"].pop(name)
+    assert settings_changes(older, small_config(tmp_path).to_dict()) == ([], [])
+    older["run"]["gap_rule"] = "softmax"
+    assert settings_changes(older, small_config(tmp_path).to_dict())[1] == ["method.gap_rule: 'softmax' → 'raw'"]
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="output_dir: expected a folder, got the file"):
         check_run_folder(tmp_path / "file", resume=False, overwrite=False)

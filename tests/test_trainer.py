@@ -215,6 +215,40 @@ def test_gradient_guidance_auto_is_on_exactly_for_branching_rollouts_with_a_diff
     assert json.loads((tmp_path / "e" / "config.json").read_text())["resolved"]["gradient_guidance"] is True
 
 
+def test_presets_set_the_pair_filter_and_guidance_step_that_reach_the_rollout(tmp_path, monkeypatch):
+    """SPO's preset filters its pairs with SPO's own softmax rule, and a preset, a flag or a config file sets the gap
+    rule and the guidance step as method settings; an older run's config.json (both under run) still loads."""
+    import rdpo_zoo.rollout as rollout
+    from rdpo_zoo.cli.train_cmd import resolve_config
+    from rdpo_zoo.config import TrainConfig
+
+    seen = []
+    real = rollout.rollout_branching
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["gap_rule"], kwargs["guidance"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "rollout_branching", recording)
+    Trainer(small_config(tmp_path / "spo", "spo")).rollout(0)
+    assert seen[-1] == ("softmax", None)  # SPO: unguided, softmax([s_w, s_l]) gap rule
+    Trainer(small_config(tmp_path / "g", "tailorpo-g", guidance_step=0.3, gap_rule="softmax")).rollout(0)
+    assert seen[-1][0] == "softmax" and seen[-1][1].step_size == 0.3
+    assert resolve_config("spo", {}, {}).method["gap_rule"] == "softmax"
+    assert resolve_config("spo", {"gap_rule": "raw", "guidance_step": 0.2}, {}).method["gap_rule"] == "raw"
+    (tmp_path / "old.toml").write_text('preset = "tailorpo-g"\n[run]\nguidance_step = 0.25\ngap_rule = "softmax"\n')
+    method = resolve_config(None, {}, {}, tmp_path / "old.toml").method
+    assert (method["guidance_step"], method["gap_rule"]) == (0.25, "softmax")
+    stored = small_config(tmp_path, "spo").to_dict()
+    for name in ("guidance_step", "gap_rule"):
+        stored["run"][name] = stored["method"].pop(name)
+    assert TrainConfig.from_dict(stored).method == small_config(tmp_path, "spo").method
+    from rdpo_zoo.cli import main
+
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--gap-rule [raw|softmax]" in help_text and "--guidance-step FLOAT" in help_text
+
+
 def test_cli_refuses_double_counted_psi_and_prints_the_implied_defaults():
     from rdpo_zoo.cli import main
 

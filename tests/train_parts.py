@@ -42,7 +42,7 @@ def tiny_sd_pipeline_loaded(**options):
 
 def small_config(output_dir, preset=None, iterations=2, **overrides):
     from rdpo_zoo.config import RunSettings, TrainConfig
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     method_overrides = {"num_steps": 4, "train_timesteps": "4,2"}
     if preset in ("d3po", "ddpo", "spo"):

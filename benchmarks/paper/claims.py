@@ -414,7 +414,7 @@ def table3_report(p: Profile) -> dict:
 def table1_variants() -> tuple:
     """(preset, overrides, row label): every preset as its paper sets it, and RDPO at the λ of this package's own
     rdpo preset (read from it: the study pins the paper's λ for the plain "rdpo" row)."""
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     ours = merge_settings("rdpo")["penalty_options"]["lambda"]
     return tuple((preset, {}, preset) for preset in PRESETS) + (

@@ -42,7 +42,7 @@ TIER_NAMES = {0: "RDPO* grid (find the failure)", 1: "RDPO* and RDPO at λ/β �
 
 
 def _beta(preset: str) -> float:
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     return float(merge_settings(preset)["loss_options"].get("beta", 0.1))
 
@@ -51,7 +51,7 @@ def _long_spec(p: Profile, preset: str, setting: dict, seed: int, overrides=None
     lh = p.long
     spec = _spec(p, preset, seed=seed, overrides=overrides, label=label, learning_rate=setting["lr"],
                  budget=NO_BUDGET)
-    spec.run["guidance_step"] = setting["guidance_step"]
+    spec.overrides["guidance_step"] = setting["guidance_step"]
     spec.max_iterations = lh.iterations
     spec.checkpoint_every = lh.checkpoint_every
     spec.heldout = {name: dict(held) for name, held in lh.heldout.items()}

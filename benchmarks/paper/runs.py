@@ -93,19 +93,22 @@ class RunSpec:
         return {**self.overrides, "learning_rate": self.learning_rate}
 
     def train_config(self, output_dir: str):
-        from rdpo_zoo.config import RunSettings, TrainConfig
-        from rdpo_zoo.registry import merge_settings
+        from rdpo_zoo.config import RunSettings, TrainConfig, move_to_method
+        from rdpo_zoo.resolve import merge_settings
 
-        method = merge_settings(self.preset, self.method_overrides())
+        # a stored spec of an older run may hold guidance_step under run: it is a method setting now
+        overrides, run = move_to_method(self.method_overrides(), self.run)
+        method = merge_settings(self.preset, overrides)
         settings = dict(model=self.model, reward=self.reward, prompts=self.prompts, seed=self.seed,
                         output_dir=output_dir, iterations=self.max_iterations, eval_samples=0, quiet=True,
                         checkpoint_every=0)
-        settings.update(self.run)
+        settings.update(run)
         return TrainConfig(method, RunSettings(**settings), self.preset)
 
     def key(self) -> dict:
         """What the hash is of: the resolved configuration (output_dir left out) and the study's own settings."""
         config = self.train_config("-").to_dict()
+        _key_moved_settings_at_their_old_place(config)
         _drop_new_defaults(config)
         # where the outputs go, and settings that cannot change them (CPU threads, trackers), stay out of the hash
         for name in ("output_dir", "threads", "report_to"):
@@ -144,10 +147,23 @@ class RunSpec:
         return RunSpec(**data)
 
 
+def _key_moved_settings_at_their_old_place(config: dict) -> None:
+    """guidance_step and gap_rule were run settings when the cache began (``rdpo_zoo.config.MOVED_TO_METHOD``): keyed
+    under ``run`` still, so that every run whose behaviour their move does not change keeps its key. The SPO preset
+    now filters with its own softmax rule, so its runs' keys change, except at threshold 0, where both rules keep
+    exactly the pairs whose gap is above 0 (tanh(Δ/2) > 0 ⇔ Δ > 0): there the rule is keyed as raw."""
+    from rdpo_zoo.config import MOVED_TO_METHOD
+
+    for name in MOVED_TO_METHOD:
+        config["run"][name] = config["method"].pop(name)
+    if not config["method"].get("threshold"):
+        config["run"]["gap_rule"] = "raw"
+
+
 def _drop_new_defaults(config: dict) -> None:
     """Leave out of a key the settings added after the cache was made, where they hold their defaults."""
     from rdpo_zoo.config import RunSettings
-    from rdpo_zoo.registry import merge_settings
+    from rdpo_zoo.resolve import merge_settings
 
     for section, keyed, defaults in (("run", KEYED_RUN_SETTINGS, dataclasses.asdict(RunSettings())),
                                      ("method", KEYED_METHOD_SETTINGS, merge_settings(None, {}))):
