@@ -459,7 +459,8 @@ class LossPart(Part):
         if not isinstance(obj, formulas) and callable(obj):
             obj = obj()
         if not isinstance(obj, formulas):
-            raise TypeError(f"{self.label}: its factory must give an rdpo_zoo.losses.PairwiseLoss, got {type(obj).__name__}")
+            raise TypeError(f"{self.label}: its factory must give an rdpo_zoo.losses.PairwiseLoss or PolicyGradientLoss, "
+                            f"got {type(obj).__name__}")
         return obj
 
     def build(self, options=None):
