@@ -147,13 +147,19 @@ def test_ratio_is_exactly_one_and_kl_exactly_zero_at_initialisation(tmp_path):
     # G trajectories of one prompt from independent noise: distinct final images
     assert not torch.equal(result.final_latents[0], result.final_latents[1])
     advantages = trainer.advantages(result.prompts, result.final_rewards)
-    stats = {k: [] for k in ("ratio", "approx_kl", "clip_fraction", "kl")}
-    loss, log_ratio = trainer.sample_loss(result.samples, advantages, stats=stats)
-    assert torch.all(log_ratio == 0) and float(stats["ratio"][0]) == 1.0 and float(stats["kl"][0]) == 0.0
-    assert float(stats["clip_fraction"][0]) == 0.0 and float(stats["approx_kl"][0]) == 0.0
-    # at ratio 1 the loss is −mean(clamped A): the policy term's value at the sampler
-    want = -advantages.clamp(-5, 5)[result.samples.sample_id].mean()
-    assert float(loss.detach()) == pytest.approx(float(want), abs=1e-7)
+    samples = result.samples
+    # each step's transitions as the rollout's UNet call saw them (the same batch: a CPU convolution's reduction
+    # order may depend on the batch size, ~1 ulp): the loss's log-prob is then bitwise the sampler's
+    for step in samples.step_index.unique().tolist():
+        stats = {k: [] for k in ("ratio", "approx_kl", "clip_fraction", "kl")}
+        part = samples.select((samples.step_index == step).nonzero()[:, 0].cpu())
+        assert len(part) == 9
+        loss, log_ratio = trainer.sample_loss(part, advantages, stats=stats)
+        assert torch.all(log_ratio == 0) and float(stats["ratio"][0]) == 1.0 and float(stats["kl"][0]) == 0.0
+        assert float(stats["clip_fraction"][0]) == 0.0 and float(stats["approx_kl"][0]) == 0.0
+        # at ratio 1 the loss is −mean(clamped A): the policy term's value at the sampler
+        want = -advantages.clamp(-5, 5)[part.sample_id].mean()
+        assert float(loss.detach()) == pytest.approx(float(want), abs=1e-7)
 
 
 def test_a_third_party_policy_gradient_loss_takes_the_per_sample_path(tmp_path):
