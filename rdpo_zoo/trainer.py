@@ -456,7 +456,7 @@ class Trainer:
                             self._pair_stats(stats, r)
                         elif self.per_sample:
                             loss, log_ratio = self.sample_loss(part, advantages, steps[index], stats)
-                            if epoch == 0 and mb == 0:  # before this iteration's first update: exactly 1
+                            if epoch == 0 and mb == 0:  # before any update this iteration: the sampler, ratio 1
                                 stats["ratio_before_update"].append(log_ratio.exp().mean())
                         else:
                             loss, r = self.pair_loss(part, steps[index])
