@@ -306,7 +306,8 @@ def _print_config(config) -> None:
     penalty_text = f" + {penalty} {m['penalty_options']}" if penalty else (
         f" (includes its penalty: {m['penalty_options']})" if m["penalty_options"] else "")
     rollout = m["rollout"]
-    shape = {"single": "", "two-trajectories": " (2 trajectories per prompt)",
+    group = m.get("group_size", 1)
+    shape = {"single": f" ({group} trajectories per prompt)" if group > 1 else "", "two-trajectories": " (2 trajectories per prompt)",
              "noised-pairs": " (2 images per prompt, noised with one t and ε)"}.get(
         rollout, f" (k={m['num_candidates']}" + (f", branching after step {m['branch_start']})" if m["branch_start"]
                                                   else ")"))

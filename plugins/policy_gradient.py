@@ -1,4 +1,5 @@
-"""DDPO's parts: the per-prompt ``advantage`` estimator and the per-sample ``ppo-clip`` loss (no torch import)."""
+"""The per-sample policy-gradient parts (no torch import): DDPO's per-prompt ``advantage`` estimator and ``ppo-clip``
+loss; Flow-GRPO's ``group-advantage`` estimator and ``grpo`` loss (docs/grpo.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ def _ppo_clip():
     return POLICY_GRADIENT_LOSSES["ppo-clip"]
 
 
+def _grpo():
+    from rdpo_zoo.losses import POLICY_GRADIENT_LOSSES
+
+    return POLICY_GRADIENT_LOSSES["grpo"]
+
+
 @rdpo_zoo.hookimpl
 def register_estimators(register):
     register(EstimatorPart(
@@ -23,6 +30,16 @@ def register_estimators(register):
             Option("clip", float, 5.0, "advantages are clamped to ±clip (DDPO: adv_clip_max 5)", min=0.0, min_exclusive=True),
         ),
     ))
+    register(EstimatorPart(
+        "group-advantage", "GRPO: final rewards normalised within each prompt's group of this rollout (Flow-GRPO)",
+        "rdpo_zoo.plugins.policy_gradient:GroupAdvantage",
+        options=(
+            Option("global_std", bool, False, "divide by the std of the whole rollout's rewards, not the group's "
+                   "(Flow-GRPO: sample.global_std)"),
+            Option("std_eps", float, 1e-4, "added to the std (Flow-GRPO's stat tracker: 1e-4)", min=0.0,
+                   min_exclusive=True),
+        ),
+    ))
 
 
 @rdpo_zoo.hookimpl
@@ -32,6 +49,20 @@ def register_losses(register):
         _ppo_clip,
         options=(Option("clip_range", float, 1e-4, "PPO's clip c on the step ratio (DDPO: 1e-4, mean reduction)",
                         min=0.0, min_exclusive=True),),
+    ))
+    register(LossPart(
+        "grpo", "Flow-GRPO: PPO-clip on each step's ratio against the sampler, advantages clamped, + β·KL to the "
+        "reference", _grpo,
+        options=(
+            Option("clip_range", float, 1e-4, "PPO's clip c on the step ratio (Flow-GRPO: 1e-4, mean reduction)",
+                   min=0.0, min_exclusive=True),
+            Option("adv_clip_max", float, 5.0, "advantages are clamped to ±adv_clip_max (Flow-GRPO: 5)", min=0.0,
+                   min_exclusive=True),
+            Option("kl_beta", float, 0.0, "β, the weight of the KL to the reference (Flow-GRPO train.beta: 0.04; "
+                   "0: no KL and no reference pass)", min=0.0),
+            Option("kl", str, "public", "the KL's convention: exact (the two step Gaussians' KL) or public "
+                   "(Flow-GRPO's, |dt| times the exact one; docs/grpo.md)", choices=("exact", "public")),
+        ),
     ))
 
 
@@ -78,3 +109,34 @@ class PerPromptAdvantage:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+class GroupAdvantage:
+    """``group-advantage`` (Flow-GRPO, yifan123/flow_grpo ``flow_grpo/stat_tracking.py`` ``PerPromptStatTracker``
+    with ``type='grpo'``, cleared after every epoch in ``scripts/train_sd3.py``): each reward normalised within its
+    prompt's group of *this* rollout, A = (r − mean_group)/(std + std_eps), std the group's (population std, numpy's
+    ``np.std``) or, with ``global_std``, the whole rollout's. Samples with the same prompt string form one group (as in
+    the public code). Unclamped: the ``grpo`` loss clamps to ±adv_clip_max. Stateless across iterations (unlike
+    DDPO's ``advantage``, which keeps a rolling per-prompt history)."""
+
+    name = "group-advantage"
+
+    def __init__(self, global_std: bool = False, std_eps: float = 1e-4):
+        if not std_eps > 0:
+            raise ValueError(f"group-advantage: expected std_eps > 0, got {std_eps}")
+        self.global_std, self.std_eps = bool(global_std), float(std_eps)
+
+    def __call__(self, prompts, rewards):
+        import torch
+
+        rewards = rewards.detach().cpu().double()
+        if len(prompts) != rewards.shape[0]:
+            raise ValueError(f"prompts: expected {rewards.shape[0]} prompts (one per reward), got {len(prompts)}")
+        advantages = torch.empty_like(rewards)
+        batch_std = rewards.std(correction=0)
+        for prompt in dict.fromkeys(prompts):
+            rows = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
+            group = rewards[rows]
+            std = batch_std if self.global_std else group.std(correction=0)
+            advantages[rows] = (group - group.mean()) / (std + self.std_eps)
+        return advantages.float()

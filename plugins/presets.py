@@ -176,6 +176,32 @@ PRESETS = [
             **_RDPO_PAPER,
         ),
     ),
+    Preset(
+        "flow-grpo",
+        "Flow-GRPO: G trajectories per prompt, group-normalised advantages, PPO-clip on the step ratio + β·KL",
+        settings=dict(
+            rollout="single",  # yifan123/flow_grpo scripts/train_sd3.py: independent trajectories, each prompt
+            group_size=24,  # repeated config.sample.num_image_per_prompt times (config/grpo.py: 24; 16 for some rewards)
+            estimator="group-advantage",  # flow_grpo/stat_tracking.py PerPromptStatTracker (np.std + 1e-4), cleared
+            # every epoch; config.sample.global_std False by default
+            loss="grpo",  # train_sd3.py: mean(max(−A·ratio, −A·clamp(ratio, 1 ± clip_range))) + β·kl_loss
+            loss_options={
+                "clip_range": 1e-4,  # config/base.py train.clip_range 1e-4
+                "adv_clip_max": 5.0,  # config/base.py train.adv_clip_max 5
+                "kl_beta": 0.04,  # config/grpo.py train.beta 0.04 (0.01 for some rewards; 0 in base.py)
+                "kl": "public",  # train_sd3.py: ÷ 2·std_dev_t², |dt| times the exact KL (docs/grpo.md): β transfers
+            },
+            scheduler="ddim",  # on SD models: DDPO's DDIM sampler with a log-prob (the flow-sde step family, the
+            # public sampler, is for flow models and does not exist here yet)
+            eta=1.0,  # DDIM η = 1 (DDPO); Flow-GRPO's noise_level 0.7 is the flow-sde's η, which has no DDIM meaning
+            num_steps=10,  # config/base.py sample.num_steps 10 (training rollouts; evaluation uses 40)
+            guidance_scale=4.5,  # config/base.py sample.guidance_scale 4.5
+            train_timesteps="10,9,8,7,6,5,4,3,2",  # train.timestep_fraction 0.99: int(10·0.99) = 9, the first 9 steps
+            learning_rate=3e-4,  # config/base.py train.learning_rate 3e-4
+            gradient_guidance=False,  # single trajectories: no pair to guide
+            reduction="mean",  # sd3_sde_with_logprob.py: log_prob.mean over all but the batch dimension
+        ),
+    ),
 ]
 
 

@@ -164,6 +164,15 @@ class DiffusionModel:
             self._coefficient_table = torch.stack(rows)
         return self._coefficient_table
 
+    def flow_time_steps(self, index: torch.Tensor) -> torch.Tensor:
+        """``[P]`` float32 host tensor: each step's length |dt| in flow-matching time
+        (``rdpo_zoo.schedulers.flow_time_step``), for the public KL convention; ``index`` as in
+        ``coefficient_tensors``."""
+        from rdpo_zoo.schedulers import flow_time_step
+
+        table = torch.stack([flow_time_step(self.scheduler, int(t)).reshape(()) for t in self.timesteps]).float()
+        return table[index.cpu().long()]
+
     def coefficients(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(a, b, σ)`` of the step at ``self.timesteps[index]`` as float32 scalars on the device (cached)."""
         if index not in self._coefficients:

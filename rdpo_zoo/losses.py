@@ -44,6 +44,10 @@ __all__ = [
     "psi_penalty",
     "psi_literal_penalty",
     "dpop_penalty",
+    "PolicyGradientLoss",
+    "POLICY_GRADIENT_LOSSES",
+    "ppo_clip_loss",
+    "grpo_loss",
 ]
 
 
@@ -261,12 +265,19 @@ def preference_loss(log_ratios: torch.Tensor, loss="dpo", beta: float = 0.1, **k
 
 @dataclass(frozen=True)
 class PolicyGradientLoss:
-    """A per-sample loss over ``(log π_θ, log π_old, advantage)`` (DDPO), not over pairs: the log-ratio is against
-    the policy that *sampled* (its log-prob is stored at rollout), not against the reference."""
+    """A per-sample loss over ``(log π_θ, log π_old, advantage)`` (DDPO, GRPO), not over pairs: the log-ratio is
+    against the policy that *sampled* (its log-prob is stored at rollout), not against the reference.
+
+    ``fn(log_prob, old_log_prob, advantages, **options) -> [N]``. A loss that also wants the step's KL to the
+    reference (the same UNet with its adapter disabled) names it with ``reference_kl(options)``: the convention
+    (``"exact"`` or ``"public"``, see ``rdpo_zoo.reference.step_kl``) for these options, or ``None`` for no KL
+    (no reference pass); the trainer then passes the per-sample KL as ``fn(..., reference_kl=[N])``. The trainer takes
+    the per-sample path for any loss of this type, built-in or a plugin's."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     description: str
+    reference_kl: Optional[Callable[[Mapping], Optional[str]]] = None
 
 
 def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
@@ -282,6 +293,38 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1.0 - c, 1.0 + c))
 
 
+def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+              clip_range: float = 1e-4, adv_clip_max: float = 5.0, kl_beta: float = 0.0, kl: str = "public",
+              reference_kl: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Flow-GRPO's loss (Liu et al. 2025; yifan123/flow_grpo scripts/train_sd3.py), per sample:
+
+        A = clamp(advantage, ±adv_clip_max)                    (group-normalised by the estimator)
+        L = max(−A·ratio, −A·clamp(ratio, 1 ± clip_range)) + β·KL(π_θ ‖ π_ref)
+
+    the ratio against the sampler (:func:`ppo_clip_loss`), the KL to the reference in the convention ``kl`` names
+    (``public``: Flow-GRPO's, |dt| times the ``exact`` one; ``rdpo_zoo.reference.step_kl``), passed in as
+    ``reference_kl`` ``[N]`` when ``kl_beta`` > 0. The batch mean of this is the public policy_loss + β·kl_loss.
+    Returns ``[N]``."""
+    from rdpo_zoo.reference import KL_CONVENTIONS
+
+    clip = _check_number("adv_clip_max", adv_clip_max, 0.0, strict=True)
+    beta = _check_number("kl_beta", kl_beta, 0.0)
+    if kl not in KL_CONVENTIONS:
+        raise ValueError(f"kl: expected one of {KL_CONVENTIONS}, got {kl!r}")
+    loss = ppo_clip_loss(log_prob, old_log_prob, advantages.clamp(-clip, clip), clip_range)
+    if beta > 0:
+        if reference_kl is None:
+            raise ValueError("reference_kl: grpo with kl_beta > 0 needs each sample's step KL to the reference")
+        loss = loss + beta * reference_kl
+    return loss
+
+
+def _grpo_reference_kl(options: Mapping) -> Optional[str]:
+    return options.get("kl", "public") if options.get("kl_beta", 0.0) > 0 else None
+
+
 POLICY_GRADIENT_LOSSES: dict[str, PolicyGradientLoss] = {
     "ppo-clip": PolicyGradientLoss("ppo-clip", ppo_clip_loss, "DDPO: PPO-clip on the step ratio against the sampler"),
+    "grpo": PolicyGradientLoss("grpo", grpo_loss, "Flow-GRPO: PPO-clip on group-normalised advantages + β·KL to the "
+                               "reference", reference_kl=_grpo_reference_kl),
 }

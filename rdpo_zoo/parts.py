@@ -459,7 +459,8 @@ class LossPart(Part):
         if not isinstance(obj, formulas) and callable(obj):
             obj = obj()
         if not isinstance(obj, formulas):
-            raise TypeError(f"{self.label}: its factory must give an rdpo_zoo.losses.PairwiseLoss, got {type(obj).__name__}")
+            raise TypeError(f"{self.label}: its factory must give an rdpo_zoo.losses.PairwiseLoss or PolicyGradientLoss, "
+                            f"got {type(obj).__name__}")
         return obj
 
     def build(self, options=None):
@@ -592,6 +593,8 @@ TRAJECTORY_ROLLOUTS = ("two-trajectories", "single")
 
 SETTINGS = (
     Option("rollout", str, "branch-winner", "how step pairs are formed", choices=ROLLOUTS),
+    Option("group_size", int, 1, "trajectories per prompt of a single-trajectory rollout, each from its own noise "
+           "(GRPO's group G: every prompt of an iteration is sampled G times)", min=1),
     Option("num_candidates", int, 2, "children drawn from one x_t (branching rollouts)", min=2),
     Option("branch_start", int, 0, "denoising steps taken on one path before branching starts (SPO: 4)", min=0),
     Option("estimator", str, None, "which branch of a pair wins: an estimator part"),

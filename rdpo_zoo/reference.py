@@ -29,6 +29,8 @@ __all__ = [
     "check_paired_tensors",
     "gaussian_log_prob",
     "step_log_prob",
+    "step_kl",
+    "KL_CONVENTIONS",
     "paired_log_ratios",
 ]
 
@@ -221,6 +223,42 @@ def step_log_prob(
     a = _coefficient("a", a, n, y.device, dtype).reshape(shape)
     b = _coefficient("b", b, n, y.device, dtype).reshape(shape)
     return gaussian_log_prob(y, a * x_t.to(dtype) + b * o.to(dtype), sigma, reduction)
+
+
+#: how a step's KL to the reference is weighted: ``exact``, the KL of the two step Gaussians; ``public``, Flow-GRPO's
+#: (``scripts/train_sd3.py``: (μ_θ − μ_ref)²/(2·std_dev_t²), std_dev_t = σ/√|dt|), which is |dt| times the exact one
+KL_CONVENTIONS = ("exact", "public")
+
+
+def step_kl(
+    o_theta: torch.Tensor, o_ref: torch.Tensor, b: Coefficient, sigma: Coefficient, reduction: str = "mean",
+    convention: str = "exact", dt: Optional[Coefficient] = None,
+) -> torch.Tensor:
+    """``KL(N(a·x_t + b·o_θ, σ²I) ‖ N(a·x_t + b·o_ref, σ²I))`` per sample: per element b²(o_θ − o_ref)²/(2σ²) (a·x_t
+    cancels), reduced over D by ``reduction``. ``convention="public"`` multiplies it by ``dt``, the step's length
+    in flow-matching time (Flow-GRPO divides by std_dev_t² = σ²/|dt|); ``dt`` is required then, ignored otherwise.
+    Autograd flows to ``o_theta`` (and ``o_ref`` if it asks)."""
+    check_reduction(reduction)
+    if convention not in KL_CONVENTIONS:
+        raise ValueError(f"convention: expected one of {KL_CONVENTIONS}, got {convention!r}")
+    _check_float_tensor("o_theta", o_theta)
+    _check_float_tensor("o_ref", o_ref)
+    if o_ref.shape != o_theta.shape:
+        raise ValueError(f"o_ref: expected the shape of o_theta {tuple(o_theta.shape)}, got {tuple(o_ref.shape)}")
+    n = o_theta.shape[0]
+    dtype = torch.float64 if torch.float64 in (o_theta.dtype, o_ref.dtype) else torch.float32
+    b = _coefficient("b", b, n, o_theta.device, dtype)
+    sigma = _coefficient("sigma", sigma, n, o_theta.device, dtype)
+    if bool(torch.any(sigma <= 0)):
+        raise ValueError("sigma: expected σ > 0; a deterministic step (η = 0) has no likelihood")
+    diff = (o_theta.to(dtype) - o_ref.to(dtype)).reshape(n, -1)
+    squared = diff.square().mean(1) if reduction == "mean" else diff.square().sum(1)
+    kl = b.square() * squared / (2 * sigma.square())
+    if convention == "public":
+        if dt is None:
+            raise ValueError("dt: the public KL convention needs each step's length |dt| in flow-matching time")
+        kl = kl * _coefficient("dt", dt, n, o_theta.device, dtype).abs()
+    return kl
 
 
 def _per_branch(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

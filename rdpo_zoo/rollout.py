@@ -27,7 +27,7 @@ import torch
 
 from rdpo_zoo.diffusion import Conditioning, DiffusionModel, host_to_device
 from rdpo_zoo.estimators import Estimator, StepMeasurements
-from rdpo_zoo.reference import DEFAULT_MIN_SIGMA
+from rdpo_zoo.reference import DEFAULT_MIN_SIGMA, step_log_prob
 from rdpo_zoo.rewards import Reward
 
 __all__ = [
@@ -436,9 +436,10 @@ def rollout_single(
             children, noise = model.step(x, o, index, generator)
             x_next = children[:, 0]
             if index in chosen:
-                sigma = float(model.coefficients(index)[2])
-                elementwise = -0.5 * noise[:, 0].flatten(1) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-                log_prob = elementwise.mean(1) if reduction == "mean" else elementwise.sum(1)
+                # the loss's own formula on the drawn y (not −ξ²/2 from the noise, equal up to rounding): the PPO
+                # ratio is then exactly 1 before the first update wherever the UNet gives the same o
+                a, b, sigma = model.coefficients(index)
+                log_prob = step_log_prob(x_next, x, o.float(), a, b, sigma, reduction)
                 records.append((x, x_next, index, log_prob))
             x = x_next
         images = model.decode(x)

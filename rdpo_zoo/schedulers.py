@@ -36,7 +36,7 @@ from typing import Union
 
 import torch
 
-__all__ = ["step_coefficients", "x0_coefficients", "StepCoefficients", "UnsupportedSchedulerError"]
+__all__ = ["step_coefficients", "x0_coefficients", "flow_time_step", "StepCoefficients", "UnsupportedSchedulerError"]
 
 TimestepLike = Union[int, float, torch.Tensor]
 
@@ -158,6 +158,29 @@ def _prediction_table(scheduler, alpha_t: torch.Tensor):
     raise UnsupportedSchedulerError(
         f"scheduler.config.prediction_type: expected 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}"
     )
+
+
+def flow_time_step(scheduler, timestep: TimestepLike, prev_timestep: TimestepLike | None = None) -> torch.Tensor:
+    """|dt|, the length of the step ``timestep -> prev_timestep`` in flow-matching time: the time τ of the
+    rectified-flow interpolant x = (1 − τ)·x̂0 + τ·ε with the same signal-to-noise ratio as ᾱ,
+
+        τ = √(1 − ᾱ) / (√ᾱ + √(1 − ᾱ))      (x_t / (√ᾱ + √(1 − ᾱ)) is that interpolant),
+
+    so |dt| = τ(t) − τ(prev). It is what Flow-GRPO's public KL (÷ std_dev_t² = σ²/|dt|) leaves on a DDIM/DDPM step:
+    the KL of two Gaussians is unchanged by the rescaling, so the public KL of a DDIM step read in flow coordinates is
+    |dt| times its exact KL. float64, shaped like ``timestep``; ``prev_timestep`` as in :func:`step_coefficients`."""
+    kind = _scheduler_kind(scheduler)
+    t = _as_timesteps(timestep, "timestep")
+    if prev_timestep is None:
+        prev = _previous_timestep(scheduler, kind, t)
+    else:
+        prev = _as_timesteps(prev_timestep, "prev_timestep").to(t.device).expand_as(t)
+    alpha_t, alpha_prev = _alpha_bar(scheduler, kind, t, prev)
+
+    def tau(alpha):
+        return (1 - alpha).sqrt() / (alpha.sqrt() + (1 - alpha).sqrt())
+
+    return tau(alpha_t) - tau(alpha_prev)
 
 
 def step_coefficients(

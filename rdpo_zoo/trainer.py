@@ -102,6 +102,7 @@ class Trainer:
         self.per_sample = m["rollout"] == "single"
         if self.per_sample:
             self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
+            self.kl_convention = self.pg_loss.reference_kl(self.pg_options) if self.pg_loss.reference_kl else None
             self.advantages = self.registry.get("estimator", m["estimator"] or "advantage").build(m["estimator_options"])
             _check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
@@ -163,13 +164,21 @@ class Trainer:
         return bool(wanted)
 
     def _check_combination(self) -> None:
+        from rdpo_zoo.losses import PolicyGradientLoss
+
         m = self.method
         rollout = m["rollout"]
-        if rollout == "single" and m["loss"] != "ppo-clip":
-            raise ValueError(f"loss: rollout 'single' (DDPO) trains a per-sample policy-gradient loss (ppo-clip), "
-                             f"not the pairwise {m['loss']!r}")
-        if rollout != "single" and m["loss"] == "ppo-clip":
-            raise ValueError(f"loss: ppo-clip is DDPO's per-sample loss; it needs rollout 'single', not {rollout!r}")
+        # the per-sample path is chosen by the loss's type, so a plugin's PolicyGradientLoss takes it too
+        per_sample_loss = isinstance(self.registry.get("loss", m["loss"]).load(), PolicyGradientLoss)
+        if rollout == "single" and not per_sample_loss:
+            raise ValueError(f"loss: rollout 'single' (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
+                             f"grpo), not the pairwise {m['loss']!r}")
+        if rollout != "single" and per_sample_loss:
+            raise ValueError(f"loss: {m['loss']!r} is a per-sample policy-gradient loss; it needs rollout 'single', "
+                             f"not {rollout!r}")
+        if m.get("group_size", 1) > 1 and rollout != "single":
+            raise ValueError(f"group_size: groups of trajectories per prompt are a single-trajectory rollout's "
+                             f"(GRPO); rollout {rollout!r} forms pairs")
         if rollout in PAIR_ROLLOUTS and m["estimator"] is None:
             raise ValueError(f"estimator: rollout {rollout!r} needs an estimator to label its pairs")
         if rollout in PAIR_ROLLOUTS and m["scheduler"] is None:
@@ -186,14 +195,12 @@ class Trainer:
                              f"{', '.join(TRAJECTORY_ROLLOUTS)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
-        from rdpo_zoo.losses import POLICY_GRADIENT_LOSSES
+        from rdpo_zoo.parts import LOSS_COMMON_OPTIONS
 
-        if loss_part.name not in POLICY_GRADIENT_LOSSES:
-            raise ValueError(f"loss: {loss_part.name!r} is not a per-sample policy-gradient loss")
-        options = dict(self.method["loss_options"] or {})
-        options.pop("beta", None)
-        options.pop("clamp_eps", None)
-        return POLICY_GRADIENT_LOSSES[loss_part.name], options
+        options = loss_part.parse_options(self.method["loss_options"] or {})
+        for common in LOSS_COMMON_OPTIONS:  # β and the pair clamp belong to pairwise losses
+            options.pop(common.name, None)
+        return loss_part.load(), options
 
     def _build_model(self) -> None:
         from peft import LoraConfig
@@ -283,6 +290,8 @@ class Trainer:
         if self.offline is not None:
             return self._offline_chunk(iteration)
         prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
+        if m["rollout"] == "single" and m.get("group_size", 1) > 1:  # GRPO: G trajectories per prompt, each from
+            prompts = [p for p in prompts for _ in range(m["group_size"])]  # its own noise
         generator = self._generator(iteration, 2) if generator is None else generator
         self.model.unet.eval()
         with self.accelerator.autocast():
@@ -367,20 +376,42 @@ class Trainer:
             backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
         )
 
-    def sample_loss(self, samples, advantages, steps: Optional[torch.Tensor] = None):
-        """DDPO's per-sample PPO-clip loss on a minibatch of single-trajectory transitions; ``advantages`` are the
-        rollout's per-trajectory advantages (indexed by each transition's ``sample_id``); ``steps`` as in
-        ``pair_loss``."""
+    def sample_loss(self, samples, advantages, steps: Optional[torch.Tensor] = None, stats: Optional[dict] = None):
+        """The per-sample policy-gradient loss (DDPO's PPO-clip, GRPO, a plugin's) on a minibatch of
+        single-trajectory transitions; ``advantages`` are the rollout's per-trajectory advantages (indexed by each
+        transition's ``sample_id``); ``steps`` as in ``pair_loss``. When the loss asks for a KL to the reference, one
+        more pass with the adapter disabled gives it. ``stats``: where to append the minibatch's ratio, clip
+        fraction, approximate KL (½·mean (log π_θ − log π_old)², as DDPO and Flow-GRPO log it) and reference KL."""
         from rdpo_zoo.diffusion import host_to_device
-        from rdpo_zoo.reference import step_log_prob
+        from rdpo_zoo.reference import step_kl, step_log_prob
 
+        model = self.model
+        index = samples.step_index if steps is None else steps
         with self.accelerator.autocast():
-            o_theta = self.model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
-        a, b, sigma = (host_to_device(v, samples.y.device) for v in self.model.coefficient_tensors(
-            samples.step_index if steps is None else steps))
+            o_theta = model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
+            if self.kl_convention is not None:
+                with torch.no_grad(), model.reference():
+                    o_ref = model.guided_output(samples.x_t, samples.step_index, samples.cond)
+        a, b, sigma = (host_to_device(v, samples.y.device) for v in model.coefficient_tensors(index))
         log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
-        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options)
-        return per_sample.mean(), (log_prob - samples.log_prob).detach()
+        extra = {}
+        if self.kl_convention is not None:
+            dt = host_to_device(model.flow_time_steps(index), samples.y.device) if self.kl_convention == "public" \
+                else None
+            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method["reduction"],
+                                            self.kl_convention, dt)
+        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options,
+                                     **extra)
+        log_ratio = (log_prob - samples.log_prob).detach()
+        if stats is not None:
+            ratio = log_ratio.exp()
+            stats["ratio"].append(ratio.mean())
+            stats["approx_kl"].append(0.5 * log_ratio.square().mean())
+            if "clip_range" in self.pg_options:
+                stats["clip_fraction"].append(((ratio - 1).abs() > self.pg_options["clip_range"]).float().mean())
+            if "reference_kl" in extra:
+                stats["kl"].append(extra["reference_kl"].detach().mean())
+        return per_sample.mean(), log_ratio
 
     def optimise(self, batch, iteration: int, advantages=None) -> dict:
         """Inner epochs of minibatches over the rollout's pairs (or samples). Every process takes the same number
@@ -425,8 +456,9 @@ class Trainer:
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
                             self._pair_stats(stats, r)
                         elif self.per_sample:
-                            loss, ratio = self.sample_loss(part, advantages, steps[index])
-                            stats["ratio"].append(ratio.exp().mean())
+                            loss, log_ratio = self.sample_loss(part, advantages, steps[index], stats)
+                            if epoch == 0 and mb == 0:  # before any update this iteration: the sampler, ratio 1
+                                stats["ratio_before_update"].append(log_ratio.exp().mean())
                         else:
                             loss, r = self.pair_loss(part, steps[index])
                             self._pair_stats(stats, r)
@@ -826,7 +858,8 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 #: what ``optimise`` averages over its minibatches
-_OPTIMISE_STATS = ("loss", "r_w", "r_l", "margin", "accuracy", "psi_active", "grad_norm", "ratio")
+_OPTIMISE_STATS = ("loss", "r_w", "r_l", "margin", "accuracy", "psi_active", "grad_norm", "ratio",
+                   "ratio_before_update", "clip_fraction", "approx_kl", "kl")
 
 
 def _fetch_stats(stats: dict) -> dict:

@@ -142,7 +142,7 @@ def test_unknown_name_lists_known_names_and_the_closest():
     message = str(error.value)
     assert "unknown loss 'dpoo'" in message and "did you mean 'dpo'?" in message
     known = ", ".join(registry.names("loss"))
-    assert f"Known losses: {known}" in message and "d3po, dpo, hinge, ipo" in known
+    assert f"Known losses: {known}" in message and "d3po, dpo, grpo, hinge, ipo" in known
     with pytest.raises(UnknownPartError, match="did you mean 'rdpo-star'"):
         registry.get("preset", "rdpo_star")
     with pytest.raises(ValueError, match="unknown kind of part 'losss'; did you mean 'loss'"):
