@@ -160,6 +160,17 @@ def _prediction_table(scheduler, alpha_t: torch.Tensor):
     )
 
 
+def _step_alphas(scheduler, kind: str, timestep, prev_timestep):
+    """The timesteps as a tensor and ᾱ at them and at their previous timesteps (derived as the scheduler's own
+    ``step`` derives them when ``prev_timestep`` is None)."""
+    t = _as_timesteps(timestep, "timestep")
+    if prev_timestep is None:
+        prev = _previous_timestep(scheduler, kind, t)
+    else:
+        prev = _as_timesteps(prev_timestep, "prev_timestep").to(t.device).expand_as(t)
+    return (t, *_alpha_bar(scheduler, kind, t, prev))
+
+
 def flow_time_step(scheduler, timestep: TimestepLike, prev_timestep: TimestepLike | None = None) -> torch.Tensor:
     """|dt|, the length of the step ``timestep -> prev_timestep`` in flow-matching time: the time τ of the
     rectified-flow interpolant x = (1 − τ)·x̂0 + τ·ε with the same signal-to-noise ratio as ᾱ,
@@ -170,12 +181,7 @@ def flow_time_step(scheduler, timestep: TimestepLike, prev_timestep: TimestepLik
     the KL of two Gaussians is unchanged by the rescaling, so the public KL of a DDIM step read in flow coordinates is
     |dt| times its exact KL. float64, shaped like ``timestep``; ``prev_timestep`` as in :func:`step_coefficients`."""
     kind = _scheduler_kind(scheduler)
-    t = _as_timesteps(timestep, "timestep")
-    if prev_timestep is None:
-        prev = _previous_timestep(scheduler, kind, t)
-    else:
-        prev = _as_timesteps(prev_timestep, "prev_timestep").to(t.device).expand_as(t)
-    alpha_t, alpha_prev = _alpha_bar(scheduler, kind, t, prev)
+    t, alpha_t, alpha_prev = _step_alphas(scheduler, kind, timestep, prev_timestep)
 
     def tau(alpha):
         return (1 - alpha).sqrt() / (alpha.sqrt() + (1 - alpha).sqrt())
@@ -207,12 +213,7 @@ def step_coefficients(
     """
     kind = _scheduler_kind(scheduler)
     _check_affine(scheduler)
-    t = _as_timesteps(timestep, "timestep")
-    if prev_timestep is None:
-        prev = _previous_timestep(scheduler, kind, t)
-    else:
-        prev = _as_timesteps(prev_timestep, "prev_timestep").to(t.device).expand_as(t)
-    alpha_t, alpha_prev = _alpha_bar(scheduler, kind, t, prev)
+    t, alpha_t, alpha_prev = _step_alphas(scheduler, kind, timestep, prev_timestep)
     (p_x, p_o), (e_x, e_o) = _prediction_table(scheduler, alpha_t)
     beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
 
