@@ -218,7 +218,8 @@ def _check_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps)
     loss_obj, penalty_obj = _losses.resolve_loss(loss, penalty)
     beta = _losses._check_number("beta", beta, 0.0, strict=True)
     psi_lambda = _losses._check_number("psi_lambda", psi_lambda, 0.0)
-    _losses.preference_margin(torch.zeros(1, 2), beta, None, psi_lambda, placement, clamp_eps)  # placement, ε
+    _losses.check_placement(placement)
+    _losses.check_clamp_eps(clamp_eps)
     return loss_obj, penalty_obj, beta, psi_lambda
 
 

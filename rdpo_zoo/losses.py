@@ -176,12 +176,25 @@ def _check_number(name: str, value, minimum: Optional[float] = None, strict: boo
 def clamp_log_ratios(r: torch.Tensor, clamp_eps: Optional[float]) -> torch.Tensor:
     """The public D3PO/SPO trust region: clamp each ratio exp(r) to [1 − ε, 1 + ε], i.e. r to
     [log(1 − ε), log(1 + ε)]; the gradient through a clamped term is 0. ``None`` leaves r as it is."""
-    if clamp_eps is None:
+    eps = check_clamp_eps(clamp_eps)
+    if eps is None:
         return r
+    return r.clamp(math.log1p(-eps), math.log1p(eps))
+
+
+def check_clamp_eps(clamp_eps) -> Optional[float]:
+    """The ratio clamp's ε as a float (``None``: no clamp); anything but a number in (0, 1) is refused."""
+    if clamp_eps is None:
+        return None
     eps = _check_number("clamp_eps", clamp_eps)
     if not 0 < eps < 1:
         raise ValueError(f"clamp_eps: expected 0 < ε < 1 (the ratio is clamped to [1 − ε, 1 + ε]), got {clamp_eps!r}")
-    return r.clamp(math.log1p(-eps), math.log1p(eps))
+    return eps
+
+
+def check_placement(placement) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
 
 
 def _check_log_ratios(r: torch.Tensor) -> None:
@@ -207,8 +220,7 @@ def preference_margin(
     how far r_l has risen).
     """
     _check_log_ratios(log_ratios)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+    check_placement(placement)
     clamped = clamp_log_ratios(log_ratios, clamp_eps)
     r_w, r_l = clamped[:, 0], clamped[:, 1]
     z = beta * (r_w - r_l)
