@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,10 +46,12 @@ from rdpo_zoo.run_folder import (  # noqa: E402
     complete_checkpoints, latest_checkpoint, remove_run_files,
 )
 from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa: E402
+from rdpo_zoo.checkpoints import (  # noqa: E402
+    STATE_FILE, read_checkpoint, trim_metrics, write_checkpoint, write_lora,
+)
 from rdpo_zoo.rollout_modes import ROLLOUT_TABLE, rollout_mode  # noqa: E402
 
-#: base-vs-tuned image pairs drawn into eval.png at the end of a run
-EVAL_GRID_IMAGES = 16
+from rdpo_zoo.train_eval import EVAL_GRID_IMAGES  # noqa: E402,F401 (public here before train_eval existed)
 
 
 class TrainingError(RuntimeError):
@@ -615,28 +616,19 @@ class Trainer:
         ``pipe.load_lora_weights(folder, weight_name=LORA_WEIGHT_NAME)``) reads."""
         from peft.utils import get_peft_model_state_dict
 
-        if not self.accelerator.is_main_process:
-            return
-        state = get_peft_model_state_dict(self.unwrapped_denoiser())
-        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.family.save_lora(tmp, state)
-        _replace_dir(tmp, folder)
+        if self.accelerator.is_main_process:
+            write_lora(folder, self.model.family, get_peft_model_state_dict(self.unwrapped_denoiser()))
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step;
-        then ``lora/`` is refreshed with its LoRA (so an interrupted run has one). Each is written to a temporary
-        folder and renamed: a crash mid-save leaves the previous checkpoint and ``lora/`` intact."""
+        """``checkpoint-NNNNNN`` (the LoRA, the exact peft state, optimiser, scheduler, step) and a refreshed
+        ``lora/``, crash-safe: :func:`rdpo_zoo.checkpoints.write_checkpoint`."""
         from peft.utils import get_peft_model_state_dict
 
         acc = self.accelerator
         acc.wait_for_everyone()
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.iteration:06d}"
         if acc.is_main_process:
-            tmp = self.output_dir / f".tmp-{final.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             peft_state = get_peft_model_state_dict(self.unwrapped_denoiser())
-            self.model.family.save_lora(tmp, peft_state)
             state = {
                 "iteration": self.iteration,
                 "lora": {k: v.detach().cpu().clone() for k, v in peft_state.items()},
@@ -645,23 +637,10 @@ class Trainer:
                 "advantages": getattr(getattr(self, "advantages", None), "state_dict", lambda: None)(),
                 "config": self.config.to_dict(),
             }
-            torch.save(state, tmp / "training_state.pt")
-            _fsync_dir(tmp)
-            _replace_dir(tmp, final)
-            self._prune_checkpoints()
-            lora_tmp = self.output_dir / f".tmp-lora-{os.getpid()}"
-            shutil.rmtree(lora_tmp, ignore_errors=True)
-            lora_tmp.mkdir()
-            shutil.copyfile(final / LORA_WEIGHT_NAME, lora_tmp / LORA_WEIGHT_NAME)
-            _fsync_dir(lora_tmp)
-            _replace_dir(lora_tmp, self.output_dir / "lora")
+            final = write_checkpoint(self.output_dir, self.iteration, self.model.family, peft_state, state,
+                                     self.run.keep_checkpoints)
         acc.wait_for_everyone()
         return final
-
-    def _prune_checkpoints(self) -> None:
-        found = complete_checkpoints(self.output_dir)
-        for old in found[: max(0, len(found) - self.run.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: Optional[Path] = None) -> int:
         """Restore the newest intact checkpoint (or ``path``); returns the iteration to continue from (0 if none).
@@ -674,32 +653,18 @@ class Trainer:
         if not candidates:
             logger.warning("resume: no checkpoint in %s; starting from scratch", self.output_dir)
             return 0
-        failures = []
-        for candidate in candidates:
-            file = candidate / "training_state.pt"
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=False)
-                missing = {"iteration", "lora", "optimiser", "lr_scheduler", "config"} - set(state)
-                if missing:
-                    raise ValueError(f"it lacks {', '.join(sorted(missing))}")
-            except Exception as error:  # whatever a damaged file raises: try the previous checkpoint
-                failures.append(f"{file} ({type(error).__name__}: {error})")
-                if candidate is not candidates[-1] and self.accelerator.is_main_process:
-                    logger.warning("resume: %s does not load (%s: %s); falling back to the previous checkpoint",
-                                   file, type(error).__name__, error)
-                continue
-            try:
-                check_resumed_settings(state["config"], self.config.to_dict(), file, self.output_dir)
-            except RunFolderError as error:
-                raise TrainingError(str(error)) from None
-            self._restore(state, candidate)
-            break
-        else:
+        state, folder, failures = read_checkpoint(candidates, warn=self.accelerator.is_main_process)
+        if state is None:
             raise TrainingError(f"resume: no intact checkpoint left in {self.output_dir}: "
                                 + "; ".join(failures) + " (start afresh with --overwrite)")
+        try:
+            check_resumed_settings(state["config"], self.config.to_dict(), folder / STATE_FILE, self.output_dir)
+        except RunFolderError as error:
+            raise TrainingError(str(error)) from None
+        self._restore(state, folder)
         self.iteration = int(state["iteration"])
         if self.accelerator.is_main_process and self.metrics_path.exists():
-            self._trim_metrics()
+            trim_metrics(self.metrics_path, self.iteration, TrainingError)
         return self.iteration
 
     def _restore(self, state: dict, path: Path) -> None:
@@ -714,64 +679,13 @@ class Trainer:
         if state.get("advantages") is not None:
             self.advantages.load_state_dict(state["advantages"])
 
-    def _trim_metrics(self) -> None:
-        """Keep the metrics lines up to the restored iteration; a torn last line is dropped with a warning, a
-        malformed line before it is an error (that is not what a crash leaves)."""
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append((json.loads(line), line))
-            except ValueError:
-                if number < len(lines):
-                    raise TrainingError(f"resume: {self.metrics_path} line {number} is not JSON ({line[:80]!r}); "
-                                        "only a torn last line is dropped") from None
-                logger.warning("resume: dropped the torn last line of %s (a write the interruption cut short): %r",
-                               self.metrics_path, line[:80])
-        kept = [line for record, line in records if record["iteration"] <= self.iteration]
-        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-
     # ------------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, n: Optional[int] = None) -> dict:
-        """Base (adapter off) against tuned (adapter on) on ``n`` held-out prompt/seed pairs (the eval prompts
-        cycled), the same initial noise and sampling noise for both: every world reward and the trained one, the
-        pixel checker, spread and the tuned model's KL to the base (``rdpo_zoo.evaluate.compare_models``), paired,
-        with standard errors. Writes ``eval.json`` and ``eval.png`` (base row above tuned, checker marks)."""
-        from rdpo_zoo.evaluate import checker_hits, compare_models, report_rewards, save_comparison_grid
+        """The final evaluation, base against tuned (:func:`rdpo_zoo.train_eval.evaluate_run`): writes
+        ``eval.json`` and ``eval.png``."""
+        from rdpo_zoo.train_eval import evaluate_run
 
-        n = n or self.run.eval_samples
-        prompts_all = self._prompt_set(self.run.eval_prompts)
-        prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
-        self.model.denoiser.eval()
-        rewards, trained, notes = report_rewards(self.registry, self.run.reward, self.reward, prompts)
-        samples = {}
-        main = self.accelerator.is_main_process
-        show = not self.run.quiet and main
-        if show:
-            logger.info("final evaluation: base and tuned on %d held-out prompt/seed pairs (%s prompts)", n,
-                        self.run.eval_prompts)
-        with self.accelerator.autocast():
-            report = compare_models(self.model, prompts, [self.run.seed], rewards, trained,
-                                    self.run.eval_batch_size, notes=notes, keep=samples, show_progress=show)
-        report.update(reward=self.run.reward, prompt_set=self.run.eval_prompts)
-        if main:
-            _atomic_write_text(self.output_dir / "eval.json", json.dumps(report, indent=2))
-            # look before trusting a gain: a reward can be hacked (base above, tuned below, same noise per column)
-            shown = min(n, EVAL_GRID_IMAGES)
-            rows = [samples["base"].images[:shown], samples["tuned"].images[:shown]]
-            marks = None
-            if "checker" in report:
-                marks = [checker_hits(r, prompts[:shown])["all"].bool().tolist() for r in rows]
-            save_comparison_grid(rows, self.output_dir / "eval.png", row_labels=["base", "tuned"],
-                                 column_labels=[_short_prompt(p) for p in prompts[:shown]], marks=marks)
-        return report
-
-
-def _short_prompt(prompt: str) -> str:
-    """A world prompt without its articles and 'background' (a grid column is ~20 characters wide)."""
-    words = [w for w in prompt.split() if w.lower() not in ("a", "an", "background")]
-    return " ".join(words)
+        return evaluate_run(self, n)
 
 
 def _trackers(report_to: str, output_dir: Path) -> list:
@@ -810,31 +724,6 @@ def _check_estimator_kind(method, estimator, pairwise: bool) -> None:
     if not pairwise and isinstance(estimator, Estimator):
         raise ValueError(f"estimator: {method.estimator!r} labels step pairs; rollout 'single' needs a "
                          "per-sample advantage estimator (advantage)")
-
-
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an older folder of the same name is moved aside first, then removed.
-    Its files get the mode the umask gives new files (safetensors writes 0600: a shared run folder's LoRA could not
-    be read by anyone else)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in tmp.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-    if final.exists():
-        aside = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 #: what ``optimise`` averages over its minibatches

@@ -156,3 +156,26 @@ def test_every_public_name_still_resolves_and_parts_point_to_the_resolution_laye
         rdpo_zoo.get_part("loss", "dpo").build()
     with pytest.raises(TypeError, match=r"rdpo_zoo.merge_settings\('spo'"):
         rdpo_zoo.get_part("preset", "spo").build()
+
+
+def test_every_entry_point_of_the_package_and_of_examples_resolves(monkeypatch):
+    """Each ``module`` or ``module:attribute`` that a ``[project.scripts]`` or entry-point table names, in this
+    package's pyproject.toml and in every example's, imports and resolves (a module moved by a refactoring must keep
+    its name or take its entry point along)."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(ROOT)
+    targets = []
+    for pyproject in [root / "pyproject.toml", *sorted((root / "examples").glob("*/pyproject.toml"))]:
+        project = tomllib.loads(pyproject.read_text())["project"]
+        tables = [project.get("scripts", {}), *project.get("entry-points", {}).values()]
+        targets += [(pyproject.parent, value) for table in tables for value in table.values()]
+        monkeypatch.syspath_prepend(str(pyproject.parent))
+    assert len(targets) >= 9 and any("example" in value for _, value in targets)
+    for folder, value in targets:
+        module, _, attribute = value.partition(":")
+        obj = importlib.import_module(module)
+        for piece in filter(None, attribute.split(".")):
+            obj = getattr(obj, piece)
+        assert obj is not None, f"{folder}: {value}"
