@@ -47,7 +47,8 @@ class NoisedPairs:
 def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Reward, generator: torch.Generator,
                          threshold: float = 0.0, gap_rule: str = "raw"):
     """Two independent images per prompt from the current policy, ranked by ``reward``; ties dropped."""
-    from rdpo_zoo.rollout import RolloutResult, _gap_keep
+    from rdpo_zoo.labels import kept_stats, label_candidates
+    from rdpo_zoo.rollout import RolloutResult
 
     B = len(cond)
     calls_before = model.unet_calls
@@ -57,41 +58,31 @@ def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Rewa
         images = model.decode(latents)
         scores = reward.score(images, both.prompts).float()
     pair_scores = scores.view(2, B).T  # [B, 2]
-    winner = pair_scores.argmax(1)
-    gap = (pair_scores[:, 0] - pair_scores[:, 1]).abs()
-    keep = _gap_keep(gap, reward.scale, threshold, gap_rule)
+    labels = label_candidates(pair_scores, reward.scale, threshold, gap_rule)
     grid = latents.view(2, B, *latents.shape[1:])
-    sel = keep.nonzero()[:, 0]
-    w, l = winner[sel], 1 - winner[sel]
+    sel = labels.kept
+    w, l = labels.winner[sel], labels.loser[sel]
     pairs = None
     if len(sel):
         pairs = NoisedPairs(torch.stack([grid[w, sel], grid[l, sel]], 1), cond.index(sel.cpu()),
                             torch.stack([pair_scores[sel, w], pair_scores[sel, l]], 1))
-    stats = {"groups": B, "pairs": len(sel), "pairs_kept_fraction": len(sel) / B,
-             "unet_calls": model.unet_calls - calls_before}
+    stats = {**kept_stats(B, len(sel)), "unet_calls": model.unet_calls - calls_before}
     return RolloutResult(latents, images, scores, both.prompts, pairs=pairs, stats=stats)
 
 
 def noised_inputs(model: DiffusionModel, x0: torch.Tensor, generator: torch.Generator):
-    """``(x_t [P, 2, ...], target y, t [P])`` for a batch of pairs: one t and one ε per pair, shared by its two
-    images; ``y`` is ε ``[P, ...]`` (shared) for ε-prediction, the per-branch v or x0 target otherwise."""
-    scheduler = model.scheduler
+    """``(x_t [P, 2, ...], target y, t [P])`` for a batch of pairs: one t and one noise per pair, shared by its two
+    images (the step family's training process); ``y`` is the shared noise ``[P, ...]`` when the target is the noise
+    itself (ε-prediction), the per-branch target (v, x0, a flow velocity) ``[P, 2, ...]`` otherwise."""
+    steps = model.steps
     P = x0.shape[0]
-    n = scheduler.config.num_train_timesteps
-    t = torch.randint(n, (P,), generator=generator).to(x0.device)
+    t = steps.sample_train_timesteps(P, generator).to(x0.device)
     eps = torch.randn((P, *x0.shape[2:]), generator=generator).to(x0.device)
-    alpha = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(P, 1, *([1] * (x0.dim() - 2)))
     noise = eps.unsqueeze(1)
-    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
-    prediction = scheduler.config.prediction_type
-    if prediction == "epsilon":
+    x_t = steps.add_noise(x0, noise, t)
+    y = steps.training_target(x0, noise, t)
+    if y is noise:  # shared by the pair: stride 0 in the kernels
         y = eps
-    elif prediction == "v_prediction":
-        y = alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-    elif prediction == "sample":
-        y = x0
-    else:
-        raise ValueError(f"scheduler.config.prediction_type: unsupported {prediction!r}")
     return x_t, y, t
 
 
@@ -130,8 +121,7 @@ def load_offline_pairs(path: str | Path, model: DiffusionModel, reward: Optional
     latents = []
     with torch.no_grad():
         for chunk in pixels.flatten(0, 1).split(32):
-            dist = model.vae.encode((chunk * 2 - 1).to(model.device, model.vae.dtype)).latent_dist
-            latents.append(dist.mean.float() * model.vae.config.scaling_factor)
+            latents.append(model.family.encode_images(chunk))
     x0 = torch.cat(latents).view(len(records), 2, *latents[0].shape[1:])
     cond = model.encode([p for p, _, _ in records])
     values = torch.full((len(records), 2), float("nan"))

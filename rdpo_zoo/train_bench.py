@@ -171,7 +171,7 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
                 x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
                 index_in = pairs.step_index.repeat_interleave(2)
             with acc.autocast():
-                o_theta = model.guided_output(x_in, index_in, cond_in, unet=trainer.train_unet)
+                o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=trainer.train_denoiser)
                 with torch.no_grad(), model.reference():
                     o_ref = model.guided_output(x_in, index_in, cond_in)
             a, b, sigma = (v.to(acc.device) for v in model.coefficient_tensors(steps[index]))
@@ -179,8 +179,8 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
             o_t = o_theta.view(P, -1, *pairs.y.shape[2:]).expand_as(pairs.y).float()
             o_r = o_ref.view(P, -1, *pairs.y.shape[2:]).expand_as(pairs.y).float()
             r = torch.stack([
-                step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_t[:, k], a, b, sigma, trainer.method["reduction"])
-                - step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_r[:, k], a, b, sigma, trainer.method["reduction"])
+                step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_t[:, k], a, b, sigma, trainer.method.reduction)
+                - step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_r[:, k], a, b, sigma, trainer.method.reduction)
                 for k in (0, 1)], 1)
             loss = losses.preference_loss(r, **obj.kwargs())
             acc.backward(loss)

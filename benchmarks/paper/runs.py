@@ -254,7 +254,7 @@ class _BudgetTrainerMixin:
         """Pairs drawn once, by the method's own rollout, with the adapter disabled (the reference policy)."""
         import torch
 
-        if n_prompts <= 0 or self.method["rollout"] in ("single", "noised-pairs"):
+        if n_prompts <= 0 or self.method.rollout in ("single", "noised-pairs"):
             return None
         keep = self.run.prompts_per_iteration
         self.run.prompts_per_iteration = n_prompts
@@ -270,7 +270,7 @@ class _BudgetTrainerMixin:
         fraction with Ψ active (r_l > 0), β·(r_w − r_l), λ·max(0, r_l) (λ of a Ψ penalty, else 0) and the loss − log 2."""
         import torch
 
-        self.model.unet.eval()
+        self.model.denoiser.eval()
         rows, loss_sum = [], 0.0
         with torch.no_grad():
             for start in range(0, len(pairs), chunk):
@@ -281,7 +281,7 @@ class _BudgetTrainerMixin:
         r = torch.cat(rows)
         r_w, r_l = r[:, 0], r[:, 1]
         m = self.method
-        lam = (m["penalty_options"] or {}).get("lambda", 0.0) if m["penalty"] in ("psi", "psi-literal") else 0.0
+        lam = (m.penalty_options or {}).get("lambda", 0.0) if m.penalty in ("psi", "psi-literal") else 0.0
         return {"r_w": float(r_w.mean()), "r_l": float(r_l.mean()), "pair_mean": float(r.mean()),
                 "accuracy": float((r_w > r_l).float().mean()), "psi_active": float((r_l > 0).float().mean()),
                 "beta_margin": float((self.objective.beta * (r_w - r_l)).mean()),
@@ -371,10 +371,10 @@ class HeldOutEvaluation:
         import torch
 
         trainer, held = self.trainer, self.spec.heldout[name]
-        if not held.get("pair_prompts") or trainer.method["rollout"] in ("single", "noised-pairs"):
+        if not held.get("pair_prompts") or trainer.method.rollout in ("single", "noised-pairs"):
             return None
         prompts = _eval_prompts(held["set"], held["prompts"])[:held["pair_prompts"]]
-        trainer.model.unet.eval()
+        trainer.model.denoiser.eval()
         with torch.no_grad():
             if reference:
                 with trainer.model.reference():
@@ -408,7 +408,7 @@ class HeldOutEvaluation:
 
         trainer, spec, held = self.trainer, self.spec, self.spec.heldout[name]
         prompts = _eval_prompts(held["set"], held["prompts"])
-        trainer.model.unet.eval()
+        trainer.model.denoiser.eval()
         with torch.no_grad():
             samples = draw_samples(eval_model(trainer.pipe), prompts, held["seeds"],
                                    _rewards(spec.eval_rewards, trainer.registry), batch_size=36)
@@ -468,7 +468,7 @@ def evaluate_run(trainer, spec: RunSpec) -> dict:
     from rdpo_zoo.evaluate import sample_rewards
 
     model = eval_model(trainer.pipe)
-    trainer.model.unet.eval()
+    trainer.model.denoiser.eval()
     rewards = _rewards(spec.eval_rewards, trainer.registry)
     out = {"sampler": EVAL_SAMPLER, "seeds": list(spec.eval_seeds), "sets": {}}
     with torch.no_grad():
