@@ -86,7 +86,8 @@ def is_flow_scheduler(scheduler_or_config) -> bool:
         name = scheduler_or_config.get("_class_name")
         if name is not None:
             return name == FLOW_SCHEDULER
-        return "beta_start" not in scheduler_or_config and "use_dynamic_shifting" in scheduler_or_config
+        keys = scheduler_or_config.keys()
+        return "beta_start" not in keys and ("shift" in keys or "use_dynamic_shifting" in keys)
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return isinstance(scheduler_or_config, FlowMatchEulerDiscreteScheduler)

@@ -317,3 +317,28 @@ def test_a_flow_sde_on_a_ddim_scheduler_is_refused():
         make_flow_scheduler(dict(ddim.config), 10)
     with pytest.raises(UnsupportedSchedulerError, match="got DDIMScheduler"):
         flow_schedule_coefficients(ddim, "cps", 0.5)
+
+
+# ---------------------------------------------------------------------------------------- rdpo-zoo schedule
+def test_schedule_prints_the_flow_table():
+    import json
+
+    from click.testing import CliRunner
+
+    from rdpo_zoo.cli import main
+
+    result = CliRunner().invoke(main, ["schedule", "--scheduler", "dance-sde", "--flow-model", "flux",
+                                       "--resolution", "512", "--num-steps", "4", "--eta", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    scheduler = make_flow_scheduler(FLUX_CONFIG, 4, **resolution_shift_options(FLUX_CONFIG, 4, 32 * 32,
+                                                                             flux_sigmas=True))
+    table = flow_schedule_coefficients(scheduler, "dance-sde", 0.3)
+    assert [row["std"] for row in printed["steps"]] == table.std.tolist()
+    assert [row["b"] for row in printed["steps"]] == table.b.tolist()
+    assert [row["step"] for row in printed["steps"]] == [4, 3, 2, 1]
+    text = CliRunner().invoke(main, ["schedule", "--scheduler", "flow-sde", "--num-steps", "3"]).stdout
+    header, columns, first = text.splitlines()[:3]
+    assert header.startswith("FLOW-SDE sd3 schedule (shift=3.0) T=3 eta=0.7")
+    assert columns.split() == ["step", "timestep", "sigma", "a", "b", "std"]
+    assert first.split()[:3] == ["3", "1000.000", "1.000000"] and float(first.split()[-1]) == pytest.approx(0.7)
