@@ -43,7 +43,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from rdpo_zoo.errors import UserInputError
-from rdpo_zoo.schedulers import StepCoefficients, UnsupportedSchedulerError
+from rdpo_zoo.gaussian_step import StepCoefficients, UnsupportedSchedulerError
 
 __all__ = [
     "FLOW_SDES", "DEFAULT_FLOW_ETA", "LOG_PROB_CONVENTIONS", "PUBLIC_CPS_LOG_PROB_STD", "TRAIN_WEIGHTINGS",

@@ -31,12 +31,13 @@ Both μ's are affine in (x_t, o), so ``a`` collects the x_t coefficients and ``b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Union
 
 import torch
 
 from rdpo_zoo.errors import UserInputError
+from rdpo_zoo.flow_steps import flow_step_coefficients_at, flow_step_index, flow_x0_coefficients, is_flow_scheduler
+from rdpo_zoo.gaussian_step import StepCoefficients, UnsupportedSchedulerError
 
 __all__ = ["step_coefficients", "x0_coefficients", "flow_time_step", "StepCoefficients", "UnsupportedSchedulerError"]
 
@@ -47,30 +48,6 @@ _USE_INSTEAD = (
     "(or `DDPMScheduler.from_config(...)` with variance_type='fixed_small')"
 )
 _GAUSSIAN_DDPM_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
-
-
-class UnsupportedSchedulerError(UserInputError):
-    """The scheduler's reverse step is not a Gaussian with a mean affine in the network output (or not one that the
-    chosen step family takes); the user fixes it by choosing another scheduler."""
-
-
-@dataclass(frozen=True)
-class StepCoefficients:
-    """``x_{t-1} ~ N(a·x_t + b·o, sigma² I)``; each field is a float64 tensor of the timestep's shape.
-
-    ``sigma`` is the step's standard deviation (``std`` is the same value under a name that cannot be confused
-    with a flow scheduler's sigma, the noise level of x_t)."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    sigma: torch.Tensor
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self.sigma
-
-    def __iter__(self):
-        return iter((self.a, self.b, self.sigma))
 
 
 def _scheduler_kind(scheduler) -> str:
@@ -148,8 +125,6 @@ def _alpha_bar(scheduler, kind: str, t: torch.Tensor, prev: torch.Tensor) -> tup
 def x0_coefficients(scheduler, timestep: TimestepLike) -> tuple[torch.Tensor, torch.Tensor]:
     """``(p_x, p_o)`` with ``x̂0 = p_x·x_t + p_o·o`` for the scheduler's prediction type (float64 tensors); for a
     flow scheduler (velocity ``o``) ``(1, −σ)`` with σ the scheduler's sigma at ``timestep``."""
-    from rdpo_zoo.flow_steps import flow_step_index, flow_x0_coefficients, is_flow_scheduler
-
     if is_flow_scheduler(scheduler):
         return flow_x0_coefficients(scheduler.sigmas.double()[flow_step_index(scheduler, timestep)])
     kind = _scheduler_kind(scheduler)
@@ -196,8 +171,6 @@ def flow_time_step(scheduler, timestep: TimestepLike, prev_timestep: TimestepLik
     the KL of two Gaussians is unchanged by the rescaling, so the public KL of a DDIM step read in flow coordinates is
     |dt| times its exact KL. float64, shaped like ``timestep``; ``prev_timestep`` as in :func:`step_coefficients`.
     On a flow scheduler it is σ_i − σ_{i+1}, the scheduler's own step length."""
-    from rdpo_zoo.flow_steps import flow_step_index, is_flow_scheduler
-
     if is_flow_scheduler(scheduler):
         sigmas = scheduler.sigmas.double()
         index = flow_step_index(scheduler, timestep)
@@ -242,8 +215,6 @@ def step_coefficients(
         last step without noise): that is a valid deterministic step, but it has no likelihood, and the
         log-probability functions refuse it.
     """
-    from rdpo_zoo.flow_steps import flow_step_coefficients_at, is_flow_scheduler
-
     if is_flow_scheduler(scheduler):
         return flow_step_coefficients_at(scheduler, timestep, prev_timestep, sde=sde, eta=eta)
     kind = _scheduler_kind(scheduler)
