@@ -144,6 +144,8 @@ def build_diffusers(**options):
 
 @rdpo_zoo.hookimpl
 def register_models(register):
-    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID)))
-    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID)))
+    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID),
+                       family="sd"))
+    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID),
+                       family="sdxl"))
     register(ModelPart("diffusers", "any diffusers pipeline, by hub id or local folder", build_diffusers, _options(None)))
