@@ -47,9 +47,8 @@ from rdpo_zoo.run_folder import (  # noqa: E402
     complete_checkpoints, latest_checkpoint, remove_run_files,
 )
 from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa: E402
-from rdpo_zoo.parts import TRAJECTORY_ROLLOUTS  # noqa: E402
+from rdpo_zoo.rollout_modes import ROLLOUT_TABLE, rollout_mode  # noqa: E402
 
-PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
 #: base-vs-tuned image pairs drawn into eval.png at the end of a run
 EVAL_GRID_IMAGES = 16
 
@@ -96,19 +95,20 @@ class Trainer:
         self._check_output_dir()
         self.reward = build_reward(run.reward, run.reward_options, self.registry)
         self.estimator = None
-        if m["estimator"] is not None and m["rollout"] != "single":
-            self.estimator = self.registry.get("estimator", m["estimator"]).build(m["estimator_options"])
+        mode = rollout_mode(m.rollout)
+        if m.estimator is not None and mode.yields != "samples":
+            self.estimator = self.registry.get("estimator", m.estimator).build(m.estimator_options)
             _check_estimator_kind(m, self.estimator, pairwise=True)
-        loss_part = self.registry.get("loss", m["loss"])
-        self.per_sample = m["rollout"] == "single"
+        loss_part = self.registry.get("loss", m.loss)
+        self.per_sample = mode.yields == "samples"
         if self.per_sample:
             self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
             self.kl_convention = self.pg_loss.reference_kl(self.pg_options) if self.pg_loss.reference_kl else None
-            self.advantages = self.registry.get("estimator", m["estimator"] or "advantage").build(m["estimator_options"])
+            self.advantages = self.registry.get("estimator", m.estimator or "advantage").build(m.estimator_options)
             _check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
         else:
-            self.objective = build_loss(loss_part, m["loss_options"], m["penalty"], m["penalty_options"] or None,
+            self.objective = build_loss(loss_part, m.loss_options, m.penalty, m.penalty_options or None,
                                         registry=self.registry)
         self.guided = self._resolve_guidance()
         self._build_model()
@@ -116,7 +116,7 @@ class Trainer:
         self.prompts = self._prompt_set(run.prompts)
         self.offline = None
         if run.offline_pairs is not None:
-            if m["rollout"] != "noised-pairs":
+            if mode.yields != "noised-pairs":
                 raise ValueError(f"offline_pairs: offline preference pairs train with rollout 'noised-pairs' "
                                  f"(Diffusion-DPO), not {m['rollout']!r}")
             from rdpo_zoo.noised_pairs import load_offline_pairs
@@ -146,8 +146,8 @@ class Trainer:
     def _resolve_guidance(self) -> bool:
         """TailorPO-G's gradient guidance: explicit on/off, or auto (None): on for a branching rollout with a
         differentiable reward (RDPO = RDPO* + Ψ is built on TailorPO-G), else off. On where it cannot act is refused."""
-        wanted, rollout = self.method.get("gradient_guidance"), self.method["rollout"]
-        branching, differentiable = rollout.startswith("branch-"), self.reward.differentiable
+        wanted, rollout = self.method.gradient_guidance, self.method.rollout
+        branching, differentiable = rollout_mode(rollout).branching, self.reward.differentiable
         if wanted is None:
             guided = branching and differentiable
             logger.info("gradient guidance: auto -> %s (%s rollout, reward %r %s differentiable)",
@@ -168,37 +168,38 @@ class Trainer:
         from rdpo_zoo.losses import PolicyGradientLoss
 
         m = self.method
-        rollout = m["rollout"]
+        rollout, mode = m.rollout, rollout_mode(m.rollout)
         # the per-sample path is chosen by the loss's type, so a plugin's PolicyGradientLoss takes it too
-        per_sample_loss = isinstance(self.registry.get("loss", m["loss"]).load(), PolicyGradientLoss)
-        if rollout == "single" and not per_sample_loss:
-            raise ValueError(f"loss: rollout 'single' (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
-                             f"grpo), not the pairwise {m['loss']!r}")
-        if rollout != "single" and per_sample_loss:
-            raise ValueError(f"loss: {m['loss']!r} is a per-sample policy-gradient loss; it needs rollout 'single', "
-                             f"not {rollout!r}")
-        if m.get("group_size", 1) > 1 and rollout != "single":
+        per_sample_loss = isinstance(self.registry.get("loss", m.loss).load(), PolicyGradientLoss)
+        if mode.yields == "samples" and not per_sample_loss:
+            raise ValueError(f"loss: rollout {rollout!r} (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
+                             f"grpo), not the pairwise {m.loss!r}")
+        if mode.yields != "samples" and per_sample_loss:
+            raise ValueError(f"loss: {m.loss!r} is a per-sample policy-gradient loss; it needs rollout 'single' (or "
+                             f"another single-trajectory rollout), not {rollout!r}")
+        if m.group_size > 1 and mode.yields != "samples":
             raise ValueError(f"group_size: groups of trajectories per prompt are a single-trajectory rollout's "
                              f"(GRPO); rollout {rollout!r} forms pairs")
-        if rollout in PAIR_ROLLOUTS and m["estimator"] is None:
+        if mode.needs_estimator and m.estimator is None:
             raise ValueError(f"estimator: rollout {rollout!r} needs an estimator to label its pairs")
-        if rollout in PAIR_ROLLOUTS and m["scheduler"] is None:
+        if mode.needs_sampler and m.scheduler is None:
             raise ValueError(f"scheduler: rollout {rollout!r} samples chains, so it needs a sampler (ddim or ddpm)")
-        if rollout == "two-trajectories" and m["estimator"] == "delta-q" and (m["estimator_options"] or {}).get(
+        if not mode.branching and m.estimator == "delta-q" and (m.estimator_options or {}).get(
                 "variant") == "lookahead":
-            raise ValueError("estimator: delta-q's lookahead variant needs a branching rollout, not two-trajectories")
-        if m["train_timesteps"] == "uniform" and rollout != "noised-pairs":
+            raise ValueError(f"estimator: delta-q's lookahead variant needs a branching rollout, not {rollout!r}")
+        if m.train_timesteps == "uniform" and mode.yields != "noised-pairs":
             raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
-        if rollout == "noised-pairs" and m["estimator"] not in (None, "final-order"):
+        if mode.yields == "noised-pairs" and m.estimator not in (None, "final-order"):
             raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
-        if m.get("optimiser_step") == "trajectory" and rollout not in TRAJECTORY_ROLLOUTS:
+        if m.optimiser_step == "trajectory" and not mode.records_trajectory:
+            recording = [name for name, other in ROLLOUT_TABLE.items() if other.records_trajectory]
             raise ValueError(f"optimiser_step: 'trajectory' steps once per trajectory, which only the rollouts "
-                             f"{', '.join(TRAJECTORY_ROLLOUTS)} record; rollout {rollout!r} does not")
+                             f"{', '.join(recording)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
         from rdpo_zoo.parts import LOSS_COMMON_OPTIONS
 
-        options = loss_part.parse_options(self.method["loss_options"] or {})
+        options = loss_part.parse_options(self.method.loss_options or {})
         for common in LOSS_COMMON_OPTIONS:  # β and the pair clamp belong to pairwise losses
             options.pop(common.name, None)
         return loss_part.load(), options
@@ -232,15 +233,15 @@ class Trainer:
         if run.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         # η None: the step family's own default (DDIM's 1.0, the flow SDEs' 0.7)
-        self.model = DiffusionModel(pipe, sampler=m["scheduler"], eta=m["eta"],
-                                    num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]),
+        self.model = DiffusionModel(pipe, sampler=m.scheduler, eta=m.eta,
+                                    num_steps=m.num_steps, guidance_scale=max(1.0, m.guidance_scale),
                                     family=family, registry=self.registry)
         self.train_steps = None
-        if m["rollout"] != "noised-pairs":
+        if rollout_mode(m.rollout).yields != "noised-pairs":
             from rdpo_zoo.rollout import check_train_steps
 
-            steps = parse_train_timesteps(m["train_timesteps"], m["num_steps"], m.get("branch_start", 0))
-            if m["train_timesteps"] == "all":  # "all" means every step that has a likelihood
+            steps = parse_train_timesteps(m.train_timesteps, m.num_steps, m.branch_start)
+            if m.train_timesteps == "all":  # "all" means every step that has a likelihood
                 steps = [s for s in steps if self._has_likelihood(s)]
             check_train_steps(self.model, steps)
             self.train_steps = steps
@@ -256,7 +257,7 @@ class Trainer:
         if not params:
             raise RuntimeError("no trainable LoRA parameters: check lora_targets against the denoiser's module names")
         self.trainable = params
-        optimiser = torch.optim.AdamW(params, lr=self.method["learning_rate"], betas=(0.9, 0.999),
+        optimiser = torch.optim.AdamW(params, lr=self.method.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=self.run.weight_decay, eps=1e-8)
         warmup = self.run.warmup_iterations
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -282,38 +283,22 @@ class Trainer:
     def rollout(self, iteration: int, prompts: Optional[list] = None, generator: Optional[torch.Generator] = None):
         """The method's rollout of iteration ``iteration``'s prompts and noise, or of ``prompts`` with
         ``generator`` (an evaluation's fixed held-out set)."""
-        from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
+        from rdpo_zoo.rollout import Guidance, rollout
 
         m = self.method
         if self.offline is not None:
             return self._offline_chunk(iteration)
         prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
-        if m["rollout"] == "single" and m.get("group_size", 1) > 1:  # GRPO: G trajectories per prompt, each from
-            prompts = [p for p in prompts for _ in range(m["group_size"])]  # its own noise
+        if rollout_mode(m.rollout).yields == "samples" and m.group_size > 1:  # GRPO: G trajectories per prompt, each from
+            prompts = [p for p in prompts for _ in range(m.group_size)]  # its own noise
         generator = self._generator(iteration, 2) if generator is None else generator
         self.model.denoiser.eval()
         with self.accelerator.autocast():
             cond = self.model.encode(prompts)
-            rollout = m["rollout"]
-            threshold = m["threshold"] or 0.0
-            if rollout.startswith("branch-"):
-                guidance = Guidance(m["guidance_step"]) if self.guided else None
-                return rollout_branching(
-                    self.model, cond, self.reward, self.estimator, self.train_steps, generator,
-                    k=m["num_candidates"], continue_from=rollout.split("-", 1)[1], threshold=threshold,
-                    gap_rule=m["gap_rule"], guidance=guidance)
-            if rollout == "two-trajectories":
-                return rollout_trajectory_pairs(self.model, cond, self.reward, self.estimator, self.train_steps,
-                                                generator, threshold=threshold, gap_rule=m["gap_rule"])
-            if rollout == "single":
-                return rollout_single(self.model, cond, self.reward, self.train_steps, generator,
-                                      reduction=m["reduction"])
-            if rollout == "noised-pairs":
-                from rdpo_zoo.noised_pairs import rollout_noised_pairs
-
-                return rollout_noised_pairs(self.model, cond, self.reward, generator, threshold=threshold,
-                                            gap_rule=m["gap_rule"])
-        raise ValueError(f"rollout: unknown rollout {rollout!r}")
+            guidance = Guidance(m.guidance_step) if self.guided else None
+            return rollout(m.rollout, self.model, cond, self.reward, self.estimator, self.train_steps, generator,
+                           k=m.num_candidates, threshold=m.threshold or 0.0, gap_rule=m.gap_rule, guidance=guidance,
+                           reduction=m.reduction)
 
     def _offline_chunk(self, iteration: int):
         """The next ``prompts_per_iteration`` offline pairs of this process (cycling through the data)."""
@@ -345,7 +330,7 @@ class Trainer:
         target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
         return preference_loss(
             target, None, o_theta.reshape(P, 2, -1), o_ref.reshape(P, 2, -1), 0.0, 1.0, 1.0,
-            reduction=self.method["reduction"], backend=self.run.kernel_backend, return_log_ratios=True,
+            reduction=self.method.reduction, backend=self.run.kernel_backend, return_log_ratios=True,
             **obj.kwargs(),
         )
 
@@ -370,7 +355,7 @@ class Trainer:
         a, b, sigma = model.coefficient_tensors(pairs.step_index if steps is None else steps)
         return preference_loss(
             pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
-            o_ref.reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
+            o_ref.reshape(*shape), a, b, sigma, reduction=self.method.reduction,
             backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
         )
 
@@ -391,12 +376,12 @@ class Trainer:
                 with torch.no_grad(), model.reference():
                     o_ref = model.guided_output(samples.x_t, samples.step_index, samples.cond)
         a, b, sigma = (host_to_device(v, samples.y.device) for v in model.coefficient_tensors(index))
-        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
+        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method.reduction)
         extra = {}
         if self.kl_convention is not None:
             dt = host_to_device(model.flow_time_steps(index), samples.y.device) if self.kl_convention == "public" \
                 else None
-            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method["reduction"],
+            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method.reduction,
                                             self.kl_convention, dt)
         per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options,
                                      **extra)
@@ -425,7 +410,7 @@ class Trainer:
         if n_max == 0:
             return {}
         self.model.denoiser.train()
-        per_trajectory = self.method.get("optimiser_step") == "trajectory"
+        per_trajectory = self.method.optimiser_step == "trajectory"
         groups = []
         if per_trajectory:  # one optimiser step per trajectory (pair): every process takes the most trajectories'
             groups = self._trajectories(batch) if n_local else []
@@ -450,7 +435,7 @@ class Trainer:
                 with acc.accumulate(self.train_denoiser):
                     if len(index):
                         part = batch.select(index)
-                        if self.method["rollout"] == "noised-pairs":
+                        if rollout_mode(self.method.rollout).yields == "noised-pairs":
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
                             self._pair_stats(stats, r)
                         elif self.per_sample:
@@ -815,16 +800,16 @@ def _trackers(report_to: str, output_dir: Path) -> list:
     return [WandBTracker("rdpo-zoo", mode=os.environ.get("WANDB_MODE", "offline"), dir=str(output_dir))]
 
 
-def _check_estimator_kind(method: dict, estimator, pairwise: bool) -> None:
+def _check_estimator_kind(method, estimator, pairwise: bool) -> None:
     """A pair rollout needs a step-pair estimator; a single-trajectory rollout a per-sample advantage (DDPO's)."""
     from rdpo_zoo.estimators import Estimator
 
     if pairwise and not isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method['estimator']!r} scores single trajectories (rollout single, loss "
-                         f"ppo-clip); rollout {method['rollout']!r} needs a step-pair estimator such as delta-q, "
+        raise ValueError(f"estimator: {method.estimator!r} scores single trajectories (rollout single, loss "
+                         f"ppo-clip); rollout {method.rollout!r} needs a step-pair estimator such as delta-q, "
                          "x0-hat or final-order")
     if not pairwise and isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method['estimator']!r} labels step pairs; rollout 'single' needs a "
+        raise ValueError(f"estimator: {method.estimator!r} labels step pairs; rollout 'single' needs a "
                          "per-sample advantage estimator (advantage)")
 
 

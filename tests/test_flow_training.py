@@ -31,7 +31,7 @@ def _config(tmp_path, preset=None, scheduler="flow-sde", **overrides):
 
 def _check_untrained_policy_equals_reference(trainer):
     result = trainer.rollout(0)
-    if trainer.method["rollout"] == "single":
+    if trainer.method.rollout == "single":
         advantages = trainer.advantages(result.prompts, result.final_rewards)
         samples = result.samples
         for step in samples.step_index.unique().tolist():  # each step as the rollout's batch saw it
@@ -51,7 +51,7 @@ def test_every_preset_trains_one_iteration_on_flow_sde_steps(tmp_path, preset):
     model = trainer.model
     assert model.sampler == "flow-sde" and isinstance(model.steps, FlowStepFamily) and model.eta == 0.7
     assert model.timesteps.dtype == torch.float32 and float(model.timesteps[0]) == 1000.0
-    if trainer.method["rollout"] != "noised-pairs":
+    if trainer.method.rollout != "noised-pairs":
         _check_untrained_policy_equals_reference(trainer)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
