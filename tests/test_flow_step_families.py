@@ -82,7 +82,7 @@ def test_forward_process_of_the_family():
     assert t.shape == (3,) and t.dtype == torch.float32 and torch.all((t > 0) & (t <= 1000))
     x0, noise = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
     x_t = family.add_noise(x0, noise, t)
-    torch.testing.assert_close(x_t, flow_add_noise(x0, noise, t.double() / 1000))
+    torch.testing.assert_close(x_t, flow_add_noise(x0, noise, t / 1000))
     target = family.training_target(x0, noise, t)
     torch.testing.assert_close(x_t - (t / 1000).view(3, 1, 1, 1) * target, x0, atol=1e-5, rtol=0)
 
