@@ -337,6 +337,11 @@ def test_schedule_prints_the_flow_table():
     assert [row["std"] for row in printed["steps"]] == table.std.tolist()
     assert [row["b"] for row in printed["steps"]] == table.b.tolist()
     assert [row["step"] for row in printed["steps"]] == [4, 3, 2, 1]
+    from rdpo_zoo.cli import schedule_cmd
+    from rdpo_zoo.flow_steps import DEFAULT_FLOW_ETA
+
+    # the command keeps its own copies (its --help imports no torch): they must agree with the module's
+    assert schedule_cmd.FLOW_SDES == FLOW_SDES and schedule_cmd.FLOW_ETA == DEFAULT_FLOW_ETA
     text = CliRunner().invoke(main, ["schedule", "--scheduler", "flow-sde", "--num-steps", "3"]).stdout
     header, columns, first = text.splitlines()[:3]
     assert header.startswith("FLOW-SDE sd3 schedule (shift=3.0) T=3 eta=0.7")
