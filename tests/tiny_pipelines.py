@@ -183,6 +183,7 @@ def tiny_flux_pipeline(seed: int = 0):
         text_encoder=CLIPTextModel(_text_config()), tokenizer=_tokenizer(),
         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
     )
+    pipe.default_sample_size = 8  # the pipeline's default latent side (128 for FLUX.1): 16×16 images by default
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
