@@ -193,11 +193,13 @@ def build_diffusers(**options):
 
 @rdpo_zoo.hookimpl
 def register_models(register):
-    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID)))
-    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID)))
+    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID),
+                       family="sd"))
+    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID),
+                       family="sdxl"))
     register(ModelPart("sd3", "Stable Diffusion 3 / 3.5 (MMDiT transformer, flow matching)", build_sd3,
                        _flow_options(SD3_ID, "load the T5 text encoder (false: SD3 without T5, less memory; a "
-                                     "folder saved without T5 loads without it)")))
+                                     "folder saved without T5 loads without it)"), family="sd3"))
     register(ModelPart("flux", "FLUX.1 (transformer on packed latents, guidance embedding, flow matching)",
-                       build_flux, _flow_options(FLUX_ID, None)))
+                       build_flux, _flow_options(FLUX_ID, None), family="flux"))
     register(ModelPart("diffusers", "any diffusers pipeline, by hub id or local folder", build_diffusers, _options(None)))
