@@ -24,24 +24,7 @@ from typing import ClassVar, Optional
 import numpy as np
 import torch
 
-try:
-    from rdpo_zoo.families import ModelFamily
-except ImportError:  # TEMPORARY stand-in until the model-family seam (issue 15) is merged
-
-    class ModelFamily:
-        name: ClassVar[str] = ""
-
-        def __init__(self, pipe):
-            self.pipe = pipe
-
-        @property
-        def device(self):
-            return self.denoiser.device
-
-        @property
-        def dtype(self):
-            return self.denoiser.dtype
-
+from rdpo_zoo.families import ModelFamily, UNetFamily
 from rdpo_zoo.run_folder import LORA_WEIGHT_NAME
 
 __all__ = ["FlowTransformerFamily", "SD3Family", "FluxFamily"]
@@ -143,6 +126,12 @@ class FlowTransformerFamily(ModelFamily):
         return (dist.mean.float() - (self.vae.config.shift_factor or 0.0)) * self.vae.config.scaling_factor
 
     # -- LoRA -----------------------------------------------------------------------------------------------------
+    # diffusers' transformers carry its adapter API (PeftAdapterMixin) as its UNets do: the same adapter calls, so
+    # pipe.load_lora_weights and the trainer's adapter see one adapter
+    add_lora = UNetFamily.add_lora
+    adapters_disabled = UNetFamily.adapters_disabled
+    load_lora = UNetFamily.load_lora
+
     def save_lora(self, folder, peft_state_dict: dict) -> None:
         # transformer LoRA files keep peft's key names (lora_A/lora_B), as diffusers' SD3/FLUX LoRA scripts save
         type(self.pipe).save_lora_weights(str(folder), transformer_lora_layers=peft_state_dict,
@@ -160,9 +149,8 @@ class SD3Family(FlowTransformerFamily):
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        transformer = getattr(pipe, "transformer", None)
-        return transformer is not None and hasattr(pipe, "text_encoder_3") and hasattr(transformer.config,
-                                                                                      "pooled_projection_dim")
+        config = getattr(getattr(pipe, "transformer", None), "config", None)
+        return hasattr(pipe, "text_encoder_3") and hasattr(config, "pooled_projection_dim")
 
     def _latent_multiple(self) -> int:
         return int(self.denoiser.config.patch_size)
@@ -200,9 +188,8 @@ class FluxFamily(FlowTransformerFamily):
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        transformer = getattr(pipe, "transformer", None)
-        return transformer is not None and hasattr(transformer.config, "guidance_embeds") and hasattr(
-            transformer.config, "axes_dims_rope")
+        config = getattr(getattr(pipe, "transformer", None), "config", None)
+        return hasattr(config, "guidance_embeds") and hasattr(config, "axes_dims_rope")
 
     def _latent_multiple(self) -> int:
         return 2  # FluxPipeline._pack_latents: 2×2 patches
