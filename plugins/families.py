@@ -1,4 +1,5 @@
-"""Built-in model families (``sd``, ``sdxl``; ``sd3``, ``flux``) and step families (``ddim``, ``ddpm``): the first implementations of
+"""Built-in model families (``sd``, ``sdxl``; ``sd3``, ``flux`` for flow-matching transformers) and step families
+(``ddim``, ``ddpm``; ``flow-sde``, ``dance-sde``, ``cps`` for flow-matching schedulers): the implementations of
 the two seams, :mod:`rdpo_zoo.families` and :mod:`rdpo_zoo.steps`. Factories are import strings, so listing them
 imports no torch."""
 
@@ -27,3 +28,10 @@ def register_step_families(register):
                                     "clipping off", "rdpo_zoo.steps:DDIMFamily"))
     register(StepFamilyPart("ddpm", "DDPM ancestral steps (fixed_small variance), x̂0 clipping off",
                             "rdpo_zoo.steps:DDPMFamily"))
+    # flow-matching models (SD3, FLUX: FlowMatchEulerDiscreteScheduler), docs/flow.md
+    register(StepFamilyPart("flow-sde", "Flow-GRPO's SDE on a flow-matching Euler schedule (η: its noise_level, "
+                                        "0.7 in Flow-GRPO)", "rdpo_zoo.flow_step_families:FlowSDEFamily"))
+    register(StepFamilyPart("dance-sde", "DanceGRPO's SDE on a flow-matching Euler schedule (std η·√|dt|)",
+                            "rdpo_zoo.flow_step_families:DanceSDEFamily"))
+    register(StepFamilyPart("cps", "coefficients-preserving sampling on a flow-matching Euler schedule (η in [0, 1])",
+                            "rdpo_zoo.flow_step_families:CPSFamily"))

@@ -11,7 +11,8 @@ question the rollout, the losses and the noised pairs ask of it, by step *index*
 
 Families are parts (``rdpo_zoo.StepFamilyPart``, hook ``register_step_families``) chosen by name with the method
 setting ``scheduler`` (``--scheduler NAME``); the built-ins are ``ddim`` and ``ddpm`` (:class:`DDIMFamily`,
-:class:`DDPMFamily`), whose maths is :mod:`rdpo_zoo.schedulers`. Nothing outside a step family reads a scheduler's
+:class:`DDPMFamily`), whose maths is :mod:`rdpo_zoo.schedulers`, and the flow-matching ``flow-sde``, ``dance-sde``
+and ``cps`` (:mod:`rdpo_zoo.flow_step_families`, maths in :mod:`rdpo_zoo.flow_steps`). Nothing outside a step family reads a scheduler's
 ``alphas_cumprod``.
 """
 
@@ -21,7 +22,14 @@ from typing import ClassVar, Optional
 
 import torch
 
-from rdpo_zoo.schedulers import StepCoefficients, flow_time_step, step_coefficients, x0_coefficients
+from rdpo_zoo.flow_steps import is_flow_scheduler
+from rdpo_zoo.schedulers import (
+    StepCoefficients,
+    UnsupportedSchedulerError,
+    flow_time_step,
+    step_coefficients,
+    x0_coefficients,
+)
 
 __all__ = ["StepFamily", "AlphaBarFamily", "DDIMFamily", "DDPMFamily", "StepCoefficients"]
 
@@ -110,6 +118,10 @@ class AlphaBarFamily(StepFamily):
         if "num_train_timesteps" not in scheduler_config:
             raise UserInputError(f"scheduler {cls.name!r}: the pipeline's scheduler config has no "
                                  "num_train_timesteps, so it is not a discrete diffusion schedule")
+        if is_flow_scheduler(scheduler_config):  # it has no betas: from_config would invent the default ones
+            raise UnsupportedSchedulerError(
+                f"scheduler {cls.name!r}: the pipeline is a flow-matching model (FlowMatchEulerDiscreteScheduler, "
+                "no betas); use --scheduler flow-sde, dance-sde or cps (docs/flow.md)")
 
     def _timestep(self, index: int) -> int:
         return int(self.timesteps[self._check_index(index)])

@@ -231,7 +231,8 @@ class Trainer:
                 p.data = p.data.float()
         if run.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
-        self.model = DiffusionModel(pipe, sampler=m["scheduler"], eta=m["eta"] if m["eta"] is not None else 1.0,
+        # η None: the step family's own default (DDIM's 1.0, the flow SDEs' 0.7)
+        self.model = DiffusionModel(pipe, sampler=m["scheduler"], eta=m["eta"],
                                     num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]),
                                     family=family, registry=self.registry)
         self.train_steps = None

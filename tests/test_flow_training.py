@@ -1,8 +1,6 @@
-"""Every preset (so every rollout mode) on the tiny SD3- and FLUX-shaped pipelines through the Trainer: the
-log-ratios are exactly 0 before the first update, one iteration trains, and the saved LoRA reloads through
-``pipe.load_lora_weights``."""
-
-from __future__ import annotations
+"""Every method trains on flow-matching steps unchanged: each preset, and each flow SDE, runs one iteration through
+the Trainer on a flow schedule (the toy non-UNet model of tests/toy_families.py, whose scheduler config is a
+flow-matching Euler one), with log-ratios exactly 0 (a PPO ratio exactly 1) before the first update."""
 
 import json
 
@@ -10,92 +8,78 @@ import pytest
 import torch
 
 import rdpo_zoo
-from rdpo_zoo import ModelPart
-from tiny_pipelines import TINY_MAX_SEQUENCE_LENGTH, tiny_flux_pipeline, tiny_sd3_pipeline
+from rdpo_zoo.errors import UserInputError
+from rdpo_zoo.flow_step_families import FlowStepFamily
+from rdpo_zoo.registry import get_registry
+from rdpo_zoo.trainer import Trainer
+from toy_families import ToyPlugin
 from train_parts import TestParts, small_config
-
-PRESETS = ["d3po", "diffusion-dpo", "spo", "tailorpo", "tailorpo-g", "rdpo-star", "rdpo", "ddpo", "flow-grpo"]
-MODELS = {"sd3": "test-tiny-sd3", "flux": "test-tiny-flux"}
-
-
-def _short(build):
-    def factory():
-        pipe = build()
-        pipe.rdpo_max_sequence_length = TINY_MAX_SEQUENCE_LENGTH  # what the model parts' option sets
-        return pipe
-
-    return factory
-
-
-class FlowTestParts:
-    @staticmethod
-    @rdpo_zoo.hookimpl
-    def register_models(register):
-        register(ModelPart("test-tiny-sd3", "a tiny random SD3-shaped pipeline (tests)", _short(tiny_sd3_pipeline),
-                           family="sd3"))
-        register(ModelPart("test-tiny-flux", "a tiny random FLUX-shaped pipeline (tests)",
-                           _short(tiny_flux_pipeline), family="flux"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def test_parts():
-    names = [rdpo_zoo.register(TestParts, name="test-parts"), rdpo_zoo.register(FlowTestParts, name="flow-parts")]
+def plugins():
+    names = [rdpo_zoo.register(TestParts, name="test-parts-flow"), rdpo_zoo.register(ToyPlugin, name="toy-flow-steps")]
     yield
     for name in names:
         rdpo_zoo.unregister(name)
 
 
-def _config(tmp_path, preset, family, **overrides):
-    return small_config(tmp_path, preset, model=MODELS[family], iterations=1, **overrides)
+def _config(tmp_path, preset=None, scheduler="flow-sde", **overrides):
+    settings = dict(model="toy-model", reward="test-red", lora_targets="", scheduler=scheduler, **overrides)
+    return small_config(tmp_path, preset, iterations=1, **settings)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_trains_one_iteration_from_exactly_zero_log_ratios(tmp_path, preset, family):
-    from rdpo_zoo.trainer import Trainer
-
-    trainer = Trainer(_config(tmp_path, preset, family, learning_rate=1e-2))
-    assert trainer.model.family.name == family
-    assert trainer.model.sampler in ("flow-sde", "dance-sde", "cps")
+def _check_untrained_policy_equals_reference(trainer):
     result = trainer.rollout(0)
-    advantages = None
-    if trainer.per_sample:
-        batch = result.samples
+    if trainer.method["rollout"] == "single":
         advantages = trainer.advantages(result.prompts, result.final_rewards)
-        with torch.no_grad():
-            _, log_ratio = trainer.sample_loss(batch, advantages)
-        assert torch.all(log_ratio == 0)  # against the sampler, in the rollout's own batch
+        samples = result.samples
+        for step in samples.step_index.unique().tolist():  # each step as the rollout's batch saw it
+            part = samples.select((samples.step_index == step).nonzero()[:, 0].cpu())
+            _, log_ratio = trainer.sample_loss(part, advantages)
+            assert torch.all(log_ratio == 0)
     else:
-        batch = result.pairs
-        with torch.no_grad():
-            if trainer.method["rollout"] == "noised-pairs":
-                _, r = trainer.noised_pair_loss(batch, torch.Generator().manual_seed(0))
-            else:
-                _, r = trainer.pair_loss(batch)
-        assert len(r) > 0 and torch.all(r == 0)  # policy = reference before the first update
-    before = [p.detach().clone() for p in trainer.trainable]
-    stats = trainer.optimise(batch, iteration=0, advantages=advantages)
-    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values() if isinstance(v, (int, float)))
-    assert any((p - q).abs().max() > 0 for p, q in zip(trainer.trainable, before))  # the LoRA moved
+        assert len(result.pairs) > 0
+        _, r = trainer.pair_loss(result.pairs)
+        assert torch.all(r == 0)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_a_trained_flow_lora_reloads_through_load_lora_weights(tmp_path, family):
-    from rdpo_zoo.trainer import LORA_WEIGHT_NAME, Trainer
-
-    trainer = Trainer(_config(tmp_path, "rdpo", family, learning_rate=1e-2))
-    trainer.train()
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["pairs"] > 0
-    pipe = tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline()
-    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+@pytest.mark.parametrize("preset", sorted(get_registry().names("preset")))
+def test_every_preset_trains_one_iteration_on_flow_sde_steps(tmp_path, preset):
+    overrides = {"group_size": 3} if preset == "flow-grpo" else {}
+    trainer = Trainer(_config(tmp_path, preset, eta=0.7, **overrides))
     model = trainer.model
-    cond = model.encode(["a red circle"])
-    x = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(0))
-    t = model.timesteps[1:2]
-    with torch.no_grad():
-        trained = model.family.denoise(model.denoiser, x, t, cond.cond, cond.added_cond)
-        reloaded = model.family.denoise(pipe.transformer, x, t, cond.cond, cond.added_cond)
-        with model.reference():
-            base = model.family.denoise(model.denoiser, x, t, cond.cond, cond.added_cond)
-    assert (trained - base).abs().max() > 1e-5  # training changed the output ...
-    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)  # ... and the saved LoRA carries it
+    assert model.sampler == "flow-sde" and isinstance(model.steps, FlowStepFamily) and model.eta == 0.7
+    assert model.timesteps.dtype == torch.float32 and float(model.timesteps[0]) == 1000.0
+    if trainer.method["rollout"] != "noised-pairs":
+        _check_untrained_policy_equals_reference(trainer)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and torch.isfinite(torch.tensor(records[0]["loss"]))
+
+
+@pytest.mark.parametrize("scheduler", ["dance-sde", "cps"])
+def test_each_flow_sde_trains_the_default_method(tmp_path, scheduler):
+    trainer = Trainer(_config(tmp_path, scheduler=scheduler))
+    assert trainer.model.sampler == scheduler and trainer.model.eta == 1.0  # the method's η, as given
+    _check_untrained_policy_equals_reference(trainer)
+    trainer.train()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_eta_none_takes_the_flow_familys_default(tmp_path):
+    trainer = Trainer(_config(tmp_path, "diffusion-dpo"))  # the preset's eta is None
+    assert trainer.model.sampler == "flow-sde" and trainer.model.eta == 0.7
+
+
+def test_cps_last_step_has_no_likelihood_and_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"steps: step t=1 .* has σ = 0: no likelihood there \(cps, eta=0.5\)"):
+        Trainer(_config(tmp_path, scheduler="cps", eta=0.5, train_timesteps="4,1"))
+    trainer = Trainer(_config(tmp_path, "d3po", scheduler="cps", eta=0.5))  # "all": every step with a likelihood
+    assert trainer.train_steps == [4, 3, 2]
+
+
+def test_ddim_on_a_flow_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserInputError, match="scheduler 'ddim': the pipeline is a flow-matching model") as info:
+        Trainer(_config(tmp_path, scheduler="ddim"))
+    assert "\n" not in str(info.value)

@@ -1,0 +1,101 @@
+"""Every preset (so every rollout mode) on the tiny SD3- and FLUX-shaped pipelines through the Trainer: the
+log-ratios are exactly 0 before the first update, one iteration trains, and the saved LoRA reloads through
+``pipe.load_lora_weights``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import rdpo_zoo
+from rdpo_zoo import ModelPart
+from tiny_pipelines import TINY_MAX_SEQUENCE_LENGTH, tiny_flux_pipeline, tiny_sd3_pipeline
+from train_parts import TestParts, small_config
+
+PRESETS = ["d3po", "diffusion-dpo", "spo", "tailorpo", "tailorpo-g", "rdpo-star", "rdpo", "ddpo", "flow-grpo"]
+MODELS = {"sd3": "test-tiny-sd3", "flux": "test-tiny-flux"}
+
+
+def _short(build):
+    def factory():
+        pipe = build()
+        pipe.rdpo_max_sequence_length = TINY_MAX_SEQUENCE_LENGTH  # what the model parts' option sets
+        return pipe
+
+    return factory
+
+
+class FlowTestParts:
+    @staticmethod
+    @rdpo_zoo.hookimpl
+    def register_models(register):
+        register(ModelPart("test-tiny-sd3", "a tiny random SD3-shaped pipeline (tests)", _short(tiny_sd3_pipeline),
+                           family="sd3"))
+        register(ModelPart("test-tiny-flux", "a tiny random FLUX-shaped pipeline (tests)",
+                           _short(tiny_flux_pipeline), family="flux"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_parts():
+    names = [rdpo_zoo.register(TestParts, name="test-parts"), rdpo_zoo.register(FlowTestParts, name="flow-parts")]
+    yield
+    for name in names:
+        rdpo_zoo.unregister(name)
+
+
+def _config(tmp_path, preset, family, **overrides):
+    return small_config(tmp_path, preset, model=MODELS[family], iterations=1, **overrides)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_trains_one_iteration_from_exactly_zero_log_ratios(tmp_path, preset, family):
+    from rdpo_zoo.trainer import Trainer
+
+    trainer = Trainer(_config(tmp_path, preset, family, learning_rate=1e-2))
+    assert trainer.model.family.name == family
+    assert trainer.model.sampler in ("flow-sde", "dance-sde", "cps")
+    result = trainer.rollout(0)
+    advantages = None
+    if trainer.per_sample:
+        batch = result.samples
+        advantages = trainer.advantages(result.prompts, result.final_rewards)
+        with torch.no_grad():
+            _, log_ratio = trainer.sample_loss(batch, advantages)
+        assert torch.all(log_ratio == 0)  # against the sampler, in the rollout's own batch
+    else:
+        batch = result.pairs
+        with torch.no_grad():
+            if trainer.method["rollout"] == "noised-pairs":
+                _, r = trainer.noised_pair_loss(batch, torch.Generator().manual_seed(0))
+            else:
+                _, r = trainer.pair_loss(batch)
+        assert len(r) > 0 and torch.all(r == 0)  # policy = reference before the first update
+    before = [p.detach().clone() for p in trainer.trainable]
+    stats = trainer.optimise(batch, iteration=0, advantages=advantages)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values() if isinstance(v, (int, float)))
+    assert any((p - q).abs().max() > 0 for p, q in zip(trainer.trainable, before))  # the LoRA moved
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_trained_flow_lora_reloads_through_load_lora_weights(tmp_path, family):
+    from rdpo_zoo.trainer import LORA_WEIGHT_NAME, Trainer
+
+    trainer = Trainer(_config(tmp_path, "rdpo", family, learning_rate=1e-2))
+    trainer.train()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["pairs"] > 0
+    pipe = tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline()
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+    model = trainer.model
+    cond = model.encode(["a red circle"])
+    x = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = model.timesteps[1:2]
+    with torch.no_grad():
+        trained = model.family.denoise(model.denoiser, x, t, cond.cond, cond.added_cond)
+        reloaded = model.family.denoise(pipe.transformer, x, t, cond.cond, cond.added_cond)
+        with model.reference():
+            base = model.family.denoise(model.denoiser, x, t, cond.cond, cond.added_cond)
+    assert (trained - base).abs().max() > 1e-5  # training changed the output ...
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)  # ... and the saved LoRA carries it
