@@ -19,11 +19,12 @@ Every call is made the way the diffusers pipelines make it (``StableDiffusion3Pi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Optional
 
-import numpy as np
 import torch
 
+from rdpo_zoo.errors import UserInputError
 from rdpo_zoo.families import ModelFamily, UNetFamily
 from rdpo_zoo.run_folder import LORA_WEIGHT_NAME
 
@@ -59,8 +60,8 @@ class FlowTransformerFamily(ModelFamily):
 
     def __init__(self, pipe, max_sequence_length: Optional[int] = None):
         if getattr(pipe, "transformer", None) is None or getattr(pipe, "vae", None) is None:
-            raise ValueError(f"model family {self.name!r}: pipeline {type(pipe).__name__} has no transformer and VAE "
-                             f"(expected a {self.pipeline_class}-shaped pipeline)")
+            raise UserInputError(f"model family {self.name!r}: pipeline {type(pipe).__name__} has no transformer "
+                                 f"and VAE (expected a {self.pipeline_class}-shaped pipeline)")
         super().__init__(pipe)
         self.denoiser = pipe.transformer
         self.vae = pipe.vae
@@ -99,21 +100,18 @@ class FlowTransformerFamily(ModelFamily):
         patch = self._latent_multiple()
         return (h // patch) * (w // patch)
 
-    def shift_mu(self, resolution: int) -> float:
-        """The resolution-dependent shift μ of the sigma schedule, as the pipeline computes it."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        config = self.pipe.scheduler.config
-        return float(calculate_shift(self.image_seq_len(resolution), config.get("base_image_seq_len", 256),
-                                     config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                                     config.get("max_shift", 1.15)))
+    #: whether the pipeline passes its own sigmas linspace(1, 1/T, T) to ``set_timesteps`` (FLUX) or none (SD3)
+    flux_sigmas: ClassVar[bool] = False
 
     def step_options(self, resolution: int, num_steps: int) -> dict:
-        """What the pipeline passes to ``scheduler.set_timesteps`` besides the number of steps: ``mu`` when the
-        scheduler shifts by resolution (``use_dynamic_shifting``), nothing otherwise (SD3's static ``shift``)."""
-        if self.pipe.scheduler.config.get("use_dynamic_shifting", False):
-            return {"mu": self.shift_mu(resolution)}
-        return {}
+        """What the pipeline passes to ``scheduler.set_timesteps`` besides the number of steps: ``mu`` (the
+        pipeline's ``calculate_shift`` of the image tokens) when the scheduler shifts by resolution
+        (``use_dynamic_shifting``: FLUX), and FLUX's own ``sigmas``; nothing for SD3's static ``shift``."""
+        from rdpo_zoo.flow_steps import resolution_shift_options
+
+        options = resolution_shift_options(self.scheduler_config, num_steps, self.image_seq_len(resolution),
+                                           flux_sigmas=self.flux_sigmas)
+        return {k: v for k, v in options.items() if v is not None}
 
     # -- the network ----------------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -134,6 +132,8 @@ class FlowTransformerFamily(ModelFamily):
 
     def save_lora(self, folder, peft_state_dict: dict) -> None:
         # transformer LoRA files keep peft's key names (lora_A/lora_B), as diffusers' SD3/FLUX LoRA scripts save
+        # them (no conversion to the old UNet format)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         type(self.pipe).save_lora_weights(str(folder), transformer_lora_layers=peft_state_dict,
                                           safe_serialization=True, weight_name=LORA_WEIGHT_NAME)
 
@@ -185,6 +185,7 @@ class FluxFamily(FlowTransformerFamily):
     pipeline_class: ClassVar[str] = "FluxPipeline"
     pipeline_max_sequence_length: ClassVar[int] = 512
     t5_tokenizer: ClassVar[str] = "tokenizer_2"
+    flux_sigmas: ClassVar[bool] = True
 
     @classmethod
     def matches(cls, pipe) -> bool:
@@ -199,11 +200,6 @@ class FluxFamily(FlowTransformerFamily):
 
     def default_resolution(self) -> int:
         return int(self.pipe.default_sample_size) * self.vae_scale
-
-    def step_options(self, resolution: int, num_steps: int) -> dict:
-        """FLUX always shifts by resolution, from its own sigmas ``linspace(1, 1/N, N)`` (``FluxPipeline``)."""
-        return {"mu": self.shift_mu(resolution),
-                "sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist()}
 
     def encode(self, prompts: list, device, resolution: int):
         from rdpo_zoo.diffusion import Conditioning

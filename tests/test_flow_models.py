@@ -156,10 +156,11 @@ def test_lora_on_the_transformer_reloads_through_load_lora_weights(kind, tmp_pat
         family.denoiser.enable_adapters()
     assert (o_lora - o_base).abs().max() > 1e-3  # the adapter does something
 
-    family.save_lora(tmp_path, state)
-    assert (tmp_path / LORA_WEIGHT_NAME).exists()
+    folder = tmp_path / "new" / "lora"  # save_lora creates it
+    family.save_lora(folder, state)
+    assert (folder / LORA_WEIGHT_NAME).exists()
     fresh = _family(kind, tiny_sd3_pipeline() if kind == "sd3" else tiny_flux_pipeline())
-    fresh.pipe.load_lora_weights(str(tmp_path), weight_name=LORA_WEIGHT_NAME)
+    fresh.pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME)
     with torch.no_grad():
         o_reloaded = fresh.denoise(fresh.denoiser, x, t, cond.cond, cond.added_cond)
     torch.testing.assert_close(o_reloaded, o_lora, rtol=0, atol=1e-5)
@@ -221,3 +222,62 @@ def test_sd3_model_part_loads_a_folder_saved_without_t5(tmp_path):
         o_saved = SD3Family(pipe, max_sequence_length=4).denoise(pipe.transformer, x, torch.tensor([900.0]),
                                                                  cond.cond, cond.added_cond)
     torch.testing.assert_close(o, o_saved, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_the_engines_sampler_at_eta_0_is_the_pipeline(kind):
+    """DiffusionModel over the family and the flow step family at η = 0 (diffusers' Euler step) reproduces
+    ``pipe(...)`` from the same initial latents: timesteps (FLUX: μ and sigmas of this resolution), conditioning,
+    CFG or the guidance embedding, packing and every step."""
+    from diffusers import FluxPipeline
+
+    from rdpo_zoo.diffusion import DiffusionModel
+
+    pipe = tiny_sd3_pipeline() if kind == "sd3" else tiny_flux_pipeline()
+    pipe.rdpo_max_sequence_length = TINY_MAX_SEQUENCE_LENGTH
+    model = DiffusionModel(pipe, sampler="flow-sde", eta=0.0, num_steps=3, guidance_scale=3.0, resolution=RES,
+                           family=kind)
+    x = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(6))
+    seen, handle = _capture_first_call(pipe.transformer)
+    latents = x if kind == "sd3" else FluxPipeline._pack_latents(x, 2, *x.shape[1:])
+    try:
+        expected = pipe(PROMPTS, num_inference_steps=3, guidance_scale=3.0, height=RES, width=RES, latents=latents,
+                        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, output_type="latent").images
+    finally:
+        handle.remove()
+    torch.testing.assert_close(model.timesteps, pipe.scheduler.timesteps, rtol=0, atol=0)
+    if kind == "flux":
+        expected = FluxPipeline._unpack_latents(expected, RES, RES, model.family.vae_scale)
+        assert model.family.uses_cfg is False
+    out = model.sample(model.encode(PROMPTS), torch.Generator().manual_seed(0), latents=x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert model.unet_calls == 3 * 2 * (2 if kind == "sd3" else 1)  # CFG doubles SD3's calls, not FLUX's
+
+
+def test_flux_timesteps_follow_the_resolution():
+    from rdpo_zoo.diffusion import DiffusionModel
+
+    pipe = tiny_flux_pipeline()
+    small = DiffusionModel(pipe, sampler="flow-sde", num_steps=3, resolution=16, family="flux")
+    large = DiffusionModel(pipe, sampler="flow-sde", num_steps=3, resolution=64, family="flux")
+    assert float(small.timesteps[0]) == float(large.timesteps[0]) == 1000.0  # σ = 1 at the first step either way
+    assert (large.timesteps[1:] > small.timesteps[1:]).all()  # more image tokens, larger μ, more shift
+
+
+def test_naming_a_flow_family_for_a_unet_pipeline_is_a_one_line_error():
+    from rdpo_zoo.diffusion import DiffusionModel
+    from rdpo_zoo.errors import UserInputError
+
+    for family in ("sd3", "flux"):
+        with pytest.raises(UserInputError, match=f"model family '{family}': pipeline StableDiffusionPipeline has no "
+                                                 "transformer") as info:
+            DiffusionModel(tiny_sd_pipeline(), sampler="flow-sde", family=family)
+        assert "\n" not in str(info.value)
+
+
+def test_the_registry_lists_the_flow_families_and_model_parts():
+    from rdpo_zoo.registry import get_registry
+
+    registry = get_registry()
+    assert {"sd3", "flux"} <= set(registry.names("model-family"))
+    assert registry.get("model", "sd3").family == "sd3" and registry.get("model", "flux").family == "flux"
