@@ -105,3 +105,32 @@ def test_a_trained_flow_lora_reloads_through_load_lora_weights(tmp_path, family)
             base = model.family.denoise(model.denoiser, x, t, cond.cond, cond.added_cond)
     assert (trained - base).abs().max() > 1e-5  # training changed the output ...
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)  # ... and the saved LoRA carries it
+
+
+def test_the_cli_trains_and_evaluates_an_sd3_folder_saved_without_t5(tmp_path):
+    """``--model sd3 --model-opt id=FOLDER``: the model part loads a local folder (no download; saved without T5),
+    the run's LoRA is evaluated through the family's load_lora; DDIM on it is a one-line error."""
+    from click.testing import CliRunner
+
+    from rdpo_zoo.cli import main
+
+    tiny_sd3_pipeline(t5=False).save_pretrained(tmp_path / "sd3")
+    model = ["--model", "sd3", "--model-opt", f"id={tmp_path / 'sd3'}", "--model-opt", "max_sequence_length=4",
+             "--reward", "test-red", "--iterations", "1", "--num-steps", "4", "--prompts-per-iteration", "2",
+             "--eval-samples", "0", "--quiet"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--preset", "rdpo", "--scheduler", "flow-sde", "--eta", "0.7",
+                                  "--train-timesteps", "4,2", "--lora-targets", "", "--learning-rate", "1e-2",
+                                  "--output-dir", str(tmp_path / "run"), *model])
+    assert result.exit_code == 0, result.output
+    assert "sampling: flow-sde eta=0.7 T=4" in result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["sampler"] == "flow-sde" and config["resolved"]["timesteps"][0] == 1000.0
+    result = runner.invoke(main, ["eval", "--lora", str(tmp_path / "run"), "--reward", "test-red", "--prompts", "ood",
+                                  "--limit", "2", "--seeds", "0"])
+    assert result.exit_code == 0, result.output
+    assert "sd3 + LoRA" in result.output
+    result = runner.invoke(main, ["train", "--preset", "rdpo", "--output-dir", str(tmp_path / "ddim"), *model])
+    assert result.exit_code != 0
+    error = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert error == [error[0]] and "scheduler 'ddim': the pipeline is a flow-matching model" in error[0]
