@@ -57,6 +57,8 @@ class FlowTransformerFamily(ModelFamily):
     t5_tokenizer: ClassVar[str] = "tokenizer_3"
     #: the diffusers pipeline class this family is shaped after (for error messages)
     pipeline_class: ClassVar[str] = ""
+    #: whether the pipeline passes its own sigmas linspace(1, 1/T, T) to ``set_timesteps`` (FLUX) or none (SD3)
+    flux_sigmas: ClassVar[bool] = False
 
     def __init__(self, pipe, max_sequence_length: Optional[int] = None):
         if getattr(pipe, "transformer", None) is None or getattr(pipe, "vae", None) is None:
@@ -75,11 +77,11 @@ class FlowTransformerFamily(ModelFamily):
             if tokenizer is not None:
                 max_sequence_length = min(max_sequence_length, int(tokenizer.model_max_length))
         if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
-            raise ValueError(f"max_sequence_length: expected an integer in [1, 512], got {max_sequence_length!r}")
+            raise UserInputError(f"max_sequence_length: expected an integer in [1, 512], got {max_sequence_length!r}")
         self.max_sequence_length = max_sequence_length
 
-    #: the side of the latent grid must be a multiple of this (the transformer's patch, FLUX's 2×2 packing)
     def _latent_multiple(self) -> int:
+        """The latent grid's side must be a multiple of this: the transformer's patch (SD3), the 2×2 packing (FLUX)."""
         raise NotImplementedError
 
     def latent_shape(self, resolution: int) -> tuple:
@@ -99,9 +101,6 @@ class FlowTransformerFamily(ModelFamily):
         _, h, w = self.latent_shape(resolution)
         patch = self._latent_multiple()
         return (h // patch) * (w // patch)
-
-    #: whether the pipeline passes its own sigmas linspace(1, 1/T, T) to ``set_timesteps`` (FLUX) or none (SD3)
-    flux_sigmas: ClassVar[bool] = False
 
     def step_options(self, resolution: int, num_steps: int) -> dict:
         """What the pipeline passes to ``scheduler.set_timesteps`` besides the number of steps: ``mu`` (the

@@ -281,3 +281,14 @@ def test_the_registry_lists_the_flow_families_and_model_parts():
     registry = get_registry()
     assert {"sd3", "flux"} <= set(registry.names("model-family"))
     assert registry.get("model", "sd3").family == "sd3" and registry.get("model", "flux").family == "flux"
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_encode_images_is_the_inverse_of_decodes_scaling_and_shift(kind):
+    """decode(encode_images(images)) is the VAE's own reconstruction (the encoder's mean): scaling and shift cancel."""
+    family = _family(kind)
+    images = torch.rand(2, 3, RES, RES, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        mean = family.vae.encode(images * 2 - 1).latent_dist.mean
+        expected = (family.vae.decode(mean).sample / 2 + 0.5).clamp(0, 1)
+        torch.testing.assert_close(family.decode(family.encode_images(images)), expected, rtol=1e-5, atol=1e-5)
