@@ -16,7 +16,7 @@ from typing import Any, Optional
 import click
 
 from rdpo_zoo.cli.plugins_cmd import model_part, part_options, part_overrides
-from rdpo_zoo.config import RunSettings, check_value_type, move_to_method, run_setting_fields
+from rdpo_zoo.config import RunSettings, SettingError, check_value_type, move_to_method, run_setting_fields
 from rdpo_zoo.errors import UserInputError
 from rdpo_zoo.parts import PART_SETTINGS, SETTINGS, OptionError
 
@@ -32,46 +32,42 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _method_options(command):
-    """``--rollout``, ``--num-candidates``, …: one flag per method setting a preset may fix (default: not given)."""
-    for option in reversed(SETTINGS):
-        if option.name in PART_SETTINGS or option.name in PART_SETTINGS.values():
-            continue  # --estimator/--loss/--penalty and their -opt flags come from part_options
-        kind = click.Choice([str(c) for c in option.choices]) if option.choices else _CLICK_TYPES[option.type]
-        default = "" if option.default is None else f" [preset's, else {option.default}]"
-        callback = None
-        if option.type is bool and option.nullable:  # true / false / auto (None: the setting decides itself)
-            kind, default = click.Choice(["true", "false", "auto"], case_sensitive=False), " [preset's, else auto]"
+def _setting_flags(command):
+    """One flag per setting, the method's (``rdpo_zoo.parts.SETTINGS``: a preset may fix them) and the run's
+    (``RunSettings``) alike, from their :class:`~rdpo_zoo.Option`; every default is "not given", so that a preset's
+    or a config file's value stands. The part settings (--estimator, --loss-opt, …) come from ``part_options``."""
+    from rdpo_zoo.config import run_setting_options
+
+    method = [(o, True) for o in SETTINGS if o.name not in PART_SETTINGS and o.name not in PART_SETTINGS.values()]
+    run = [(o, False) for o in run_setting_options()]
+    for option, of_method in reversed(method + run):
+        flag, callback, multiple, metavar = _flag(option.name), None, False, None
+        shown = f" [preset's, else {option.default}]" if of_method else f" [default: {option.default}]"
+        if of_method and option.default is None:
+            shown = ""
+        if option.type is dict:  # --model-opt KEY=VALUE, repeated
+            flag, kind, multiple, metavar, shown = "--" + option.name.split("_")[0] + "-opt", None, True, "KEY=VALUE", ""
+        elif option.type is bool and option.nullable:  # true / false / auto (None: the setting decides itself)
+            kind, shown = click.Choice(["true", "false", "auto"], case_sensitive=False), " [preset's, else auto]"
             callback = _auto_is_none
-        command = click.option(_flag(option.name), option.name, type=kind, default=None, callback=callback,
-                               help=option.help + default)(command)
+        elif option.type is bool:
+            flag, kind = f"{flag}/--no-{option.name.replace('_', '-')}", None
+        elif option.choices:
+            kind = click.Choice([str(c) for c in option.choices if c is not None])
+        else:
+            kind = _CLICK_TYPES[option.type]
+        extra = {"type": kind} if kind is not None else {}
+        if multiple:
+            extra.update(multiple=True, metavar=metavar)
+        else:
+            extra["default"] = None
+        command = click.option(flag, option.name, callback=callback, help=option.help + shown, **extra)(command)
     return command
 
 
 def _auto_is_none(ctx, param, value):
     # "auto" given explicitly must still override a preset's value: the settings parser reads "none" as None
     return "none" if value is not None and value.lower() == "auto" else value
-
-
-def _run_options(command):
-    """One flag per :class:`RunSettings` field (default: not given, so a config file's value stands)."""
-    for f in reversed(run_setting_fields()):
-        meta = f.metadata
-        if f.name in ("model_options", "reward_options"):
-            flag = "--" + f.name.split("_")[0] + "-opt"
-            command = click.option(flag, f.name, multiple=True, metavar="KEY=VALUE", help=meta["help"])(command)
-            continue
-        default = RunSettings.__dataclass_fields__[f.name]
-        shown = default.default if default.default is not dataclasses.MISSING else None
-        if f.type in ("bool", bool):
-            command = click.option(f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}", f.name, default=None,
-                                   help=f"{meta['help']} [default: {shown}]")(command)
-            continue
-        kind = click.Choice(list(meta["choices"])) if "choices" in meta else {
-            "int": click.INT, "Optional[int]": click.INT, "float": click.FLOAT}.get(str(f.type), click.STRING)
-        command = click.option(_flag(f.name), f.name, type=kind, default=None,
-                               help=f"{meta['help']} [default: {shown}]")(command)
-    return command
 
 
 def _read_config_file(path: Path) -> dict:
@@ -182,7 +178,10 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
         if key in ("model_options", "reward_options"):
             value = {**run_values.get(key, {}), **parse_assignments(list(value), where=f"--{key.split('_')[0]}-opt")}
         run_values[key] = value
-    run = RunSettings(**run_values)  # the names and types were checked above (flags are typed by click)
+    try:
+        run = RunSettings(**run_values)  # checks every field: type, bounds, choices
+    except SettingError as error:
+        raise click.BadParameter(str(error).split(": ", 1)[-1], param_hint=_flag(error.setting)) from None
     _check_run(run)
     run.model, run.model_options = model_part(run.model, run.model_options)
     return TrainConfig(method, run, preset)
@@ -195,13 +194,6 @@ def _check_run(run: RunSettings) -> None:
         resolve_reward(run.reward, run.reward_options)
     except (ValueError, LookupError) as error:
         raise click.BadParameter(str(error), param_hint="--reward") from None
-    for f in run_setting_fields():
-        meta, value = f.metadata, getattr(run, f.name)
-        if "min" in meta and value is not None and value < meta["min"]:
-            raise click.BadParameter(f"expected a value >= {meta['min']}, got {value!r}", param_hint=_flag(f.name))
-        if "choices" in meta and value is not None and value not in meta["choices"]:
-            raise click.BadParameter(f"expected one of {', '.join(meta['choices'])}, got {value!r}",
-                                     param_hint=_flag(f.name))
 
 
 @click.command()
@@ -216,8 +208,7 @@ def _check_run(run: RunSettings) -> None:
 @part_options("penalty")
 @click.option("--psi-lambda", type=float, default=None, help="λ of the penalty (Ψ for --loss rdpo); "
               "the same as --penalty-opt lambda=…")
-@_method_options
-@_run_options
+@_setting_flags
 @click.option("--dry-run", is_flag=True,
               help="Resolve the configuration, build the run (model, reward, parts) and run every check train runs, "
                    "then exit without sampling, training or writing anything.")
@@ -302,26 +293,26 @@ def check_before_compute(config, dry_run: bool = False) -> None:
 
 def _print_config(config) -> None:
     m, run = config.method, config.run
-    penalty = m["penalty"]
-    penalty_text = f" + {penalty} {m['penalty_options']}" if penalty else (
-        f" (includes its penalty: {m['penalty_options']})" if m["penalty_options"] else "")
-    rollout = m["rollout"]
-    group = m.get("group_size", 1)
+    penalty = m.penalty
+    penalty_text = f" + {penalty} {m.penalty_options}" if penalty else (
+        f" (includes its penalty: {m.penalty_options})" if m.penalty_options else "")
+    rollout = m.rollout
+    group = m.group_size
     shape = {"single": f" ({group} trajectories per prompt)" if group > 1 else "", "two-trajectories": " (2 trajectories per prompt)",
              "noised-pairs": " (2 images per prompt, noised with one t and ε)"}.get(
-        rollout, f" (k={m['num_candidates']}" + (f", branching after step {m['branch_start']})" if m["branch_start"]
+        rollout, f" (k={m.num_candidates}" + (f", branching after step {m.branch_start})" if m.branch_start
                                                   else ")"))
     preset = config.preset or ("(none: the main job's method)" if all(m[k] == v for k, v in MAIN_METHOD.items())
                                else "(none)")
     click.echo(f"preset: {preset}; model {run.model}, reward {run.reward}, prompts {run.prompts}")
-    click.echo(f"method: rollout {rollout}{shape}, estimator {m['estimator']} "
-               f"{m['estimator_options'] or ''}, loss {m['loss']} {m['loss_options']}{penalty_text}")
+    click.echo(f"method: rollout {rollout}{shape}, estimator {m.estimator} "
+               f"{m.estimator_options or ''}, loss {m.loss} {m.loss_options}{penalty_text}")
     # the sampler that draws the rollout's images (noised pairs sample their final images with the default one)
-    sampler = m["scheduler"] or "ddim"
-    eta = m["eta"] if m["eta"] is not None else 1.0
-    click.echo(f"sampling: {sampler} eta={eta} T={m['num_steps']} guidance={m['guidance_scale']}, "
-               f"train timesteps {m['train_timesteps']}, threshold {m['threshold']}, gradient guidance "
-               f"{_GUIDANCE_WORDS[m['gradient_guidance']]}, reduction {m['reduction']}, lr {m['learning_rate']}")
+    sampler = m.scheduler or "ddim"
+    eta = m.eta if m.eta is not None else 1.0
+    click.echo(f"sampling: {sampler} eta={eta} T={m.num_steps} guidance={m.guidance_scale}, "
+               f"train timesteps {m.train_timesteps}, threshold {m.threshold}, gradient guidance "
+               f"{_GUIDANCE_WORDS[m.gradient_guidance]}, reduction {m.reduction}, lr {m.learning_rate}")
     click.echo(f"budget: {run.iterations} iterations × {run.prompts_per_iteration} prompts, {run.inner_epochs} "
                f"inner epoch(s), minibatch {run.minibatch_size}, LoRA rank {run.lora_rank}, seed {run.seed}; "
                f"metrics to {run.report_to if run.report_to != 'none' else 'metrics.jsonl only'}")

@@ -53,8 +53,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 BACKENDS = ("triton", "reference")
 #: ``PairwiseLoss.fused`` / ``Penalty.fused`` names the loss epilogue kernel computes, and their compile-time codes
-FUSED_LOSSES = {"dpo": 1, "ipo": 2, "hinge": 3}
-FUSED_PENALTIES = {"psi": 1, "psi-literal": 2, "dpop": 3}
+#: (kept in ``codes.py``, beside the epilogues that read them)
+from rdpo_zoo.kernels.codes import FUSED_LOSSES, FUSED_PENALTIES  # noqa: E402 (the epilogues' codes)
+from rdpo_zoo.kernels.codes import fused_codes as _fused_codes  # noqa: E402
 _triton_modules: Optional[tuple] = None
 _triton_error: Optional[BaseException] = None
 
@@ -204,19 +205,6 @@ def paired_log_ratios(
     return log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
 
 
-def _fused_codes(loss_obj, penalty_obj):
-    """``(loss_code, penalty_code, reason)``: the kernel's codes, or ``reason`` why there is no fused form."""
-    loss_code = FUSED_LOSSES.get(loss_obj.fused) if loss_obj.fused else None
-    if loss_code is None:
-        return None, None, f"loss {loss_obj.name!r} has no fused form (fused={loss_obj.fused!r})"
-    if penalty_obj is None:
-        return loss_code, 0, None
-    penalty_code = FUSED_PENALTIES.get(penalty_obj.fused) if penalty_obj.fused else None
-    if penalty_code is None:
-        return None, None, f"penalty {penalty_obj.name!r} has no fused form (fused={penalty_obj.fused!r})"
-    return loss_code, penalty_code, None
-
-
 def fused_loss_path(loss="dpo", penalty=None) -> str:
     """How the Triton backend computes this loss: ``"fused"`` (in the epilogue kernel), or
     ``"fallback: <why>"`` (the reference loss on top of the fused log-ratios)."""
@@ -230,7 +218,8 @@ def _check_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps)
     loss_obj, penalty_obj = _losses.resolve_loss(loss, penalty)
     beta = _losses._check_number("beta", beta, 0.0, strict=True)
     psi_lambda = _losses._check_number("psi_lambda", psi_lambda, 0.0)
-    _losses.preference_margin(torch.zeros(1, 2), beta, None, psi_lambda, placement, clamp_eps)  # placement, ε
+    _losses.check_placement(placement)
+    _losses.check_clamp_eps(clamp_eps)
     return loss_obj, penalty_obj, beta, psi_lambda
 
 

@@ -34,8 +34,9 @@ from rdpo_zoo.reference import PairedInputs, check_paired_inputs, check_paired_t
 __all__ = ["paired_log_ratios_op", "fused_preference_loss_op", "paired_log_ratios_backward_op",
            "paired_log_ratios_compiled", "preference_loss_compiled"]
 
-_LOSS_NAMES = {1: "dpo", 2: "ipo", 3: "hinge"}
-_PENALTY_NAMES = {0: None, 1: "psi", 2: "psi-literal", 3: "dpop"}
+from .codes import LOSS_NAMES as _LOSS_NAMES  # noqa: E402 (the epilogue below switches on the same codes)
+from .codes import PENALTY_NAMES as _PENALTY_NAMES  # noqa: E402
+from .codes import fused_codes as _fused_codes  # noqa: E402
 
 
 def _compute_dtype(*tensors) -> torch.dtype:
@@ -305,7 +306,7 @@ def preference_loss_compiled(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, pe
     loss_obj, penalty_obj, beta, psi_lambda = kernels._check_loss_arguments(loss, beta, penalty, psi_lambda,
                                                                             placement, clamp_eps)
     a, b, sigma = _coefficients(a, b, sigma, y.device)
-    loss_code, penalty_code, reason = kernels._fused_codes(loss_obj, penalty_obj)
+    loss_code, penalty_code, reason = _fused_codes(loss_obj, penalty_obj)
     if reason is None and not options:
         value, r, _, _ = fused_preference_loss_op(
             y, x_t, o_theta, o_ref, a, b, sigma, reduction == "mean", float(min_sigma), loss_code, penalty_code,

@@ -35,8 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rdpo_zoo.kernels import FUSED_LOSSES, FUSED_PENALTIES
 from rdpo_zoo.reference import PairedInputs
+
+from .codes import FUSED_LOSSES, FUSED_PENALTIES
 
 from .log_ratio import (
     _DeviceGuard,

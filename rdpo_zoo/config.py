@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields", "check_value_type",
-           "MOVED_TO_METHOD", "move_to_method"]
+from rdpo_zoo.errors import UserInputError
+
+__all__ = ["RunSettings", "TrainConfig", "parse_train_timesteps", "run_setting_fields", "run_setting_options",
+           "check_value_type", "SettingError", "MOVED_TO_METHOD", "move_to_method"]
 
 #: Settings that were run settings and are now method settings (so that a preset can fix them: SPO's gap rule,
 #: TailorPO-G's guidance step). Config files and the ``config.json`` of older runs may still hold them under ``run``.
@@ -92,6 +94,32 @@ class RunSettings:
                             "(offline unless WANDB_MODE=online); none: metrics.jsonl only",
                             choices=("tensorboard", "wandb", "none"), resumable=True)
 
+    def __post_init__(self):
+        """Every field checked against its type, bounds and choices, however the settings were built (flags, a
+        config file, a stored ``config.json``, the paper study's specs)."""
+        for f in dataclasses.fields(self):
+            _check_run_field(f, getattr(self, f.name))
+
+
+class SettingError(UserInputError):
+    """A setting's value does not fit it; ``setting`` is its name (the CLI names the flag)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+def _check_run_field(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    try:
+        check_value_type(f.name, value, f.type, where="run setting ")
+    except UserInputError as error:
+        raise SettingError(f.name, str(error)) from None
+    if "min" in meta and value is not None and value < meta["min"]:
+        raise SettingError(f.name, f"run setting {f.name}: expected a value >= {meta['min']}, got {value!r}")
+    if "choices" in meta and value is not None and value not in meta["choices"]:
+        raise SettingError(f.name, f"run setting {f.name}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+
 
 def _default(f: dataclasses.Field):
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -101,16 +129,24 @@ def _default(f: dataclasses.Field):
 
 @dataclass
 class TrainConfig:
-    """A resolved run: the method's settings (typed, merged with its preset) and the run's settings."""
+    """A resolved run: the method (a :class:`rdpo_zoo.method.Method`; a mapping of settings is checked into one
+    here, the one place every way of building a run passes) and the run's settings."""
 
-    method: dict
+    method: Any
     run: RunSettings
     preset: Optional[str] = None
+
+    def __post_init__(self):
+        from rdpo_zoo.method import as_method
+
+        self.method = as_method(self.method)
+        if not isinstance(self.run, RunSettings):
+            raise UserInputError(f"run: expected RunSettings, got {type(self.run).__name__}")
 
     def to_dict(self) -> dict:
         recorded = {f.name for f in dataclasses.fields(self.run) if f.metadata.get("recorded", True)}
         run = {name: value for name, value in dataclasses.asdict(self.run).items() if name in recorded}
-        return {"preset": self.preset, "method": self.method, "run": run}
+        return {"preset": self.preset, "method": self.method.to_dict(), "run": run}
 
     @staticmethod
     def from_dict(data: dict) -> "TrainConfig":
@@ -159,5 +195,24 @@ def check_value_type(key: str, value, annotation: str, nullable: bool = False, w
 
 
 def run_setting_fields() -> list:
-    """The fields of :class:`RunSettings` with their help, type, choices and bounds (for the CLI)."""
+    """The fields of :class:`RunSettings` with their help, type, choices and bounds."""
     return list(dataclasses.fields(RunSettings))
+
+
+_OPTION_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
+
+
+def run_setting_options() -> tuple:
+    """Each :class:`RunSettings` field as an ``rdpo_zoo.Option`` (name, type, default, help, choices, min): the
+    form the method settings have, so the CLI builds every flag with one generator."""
+    from rdpo_zoo.parts import Option
+
+    options = []
+    for f in run_setting_fields():
+        annotation = str(f.type)
+        nullable = annotation.startswith("Optional[")
+        kind = _OPTION_TYPES[annotation[len("Optional["):-1] if nullable else annotation]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        options.append(Option(f.name, kind, default, f.metadata["help"], choices=f.metadata.get("choices"),
+                              min=f.metadata.get("min"), nullable=nullable or None))
+    return tuple(options)

@@ -25,6 +25,8 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from rdpo_zoo.loss_names import LOSS_NAMES, PENALTY_NAMES, second_penalty
+
 __all__ = [
     "LossInputs",
     "PairwiseLoss",
@@ -118,21 +120,18 @@ def dpop_penalty(r_w: torch.Tensor, r_l: torch.Tensor) -> torch.Tensor:
     return torch.relu(-r_w)
 
 
+# names, descriptions and fused forms: the one table of rdpo_zoo.loss_names; the formulas are here
 PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {
-    "dpo": PairwiseLoss("dpo", dpo_loss, "DPO / D3PO: −log σ(β(r_w − r_l) − λ·penalty)", fused="dpo"),
-    "ipo": PairwiseLoss("ipo", ipo_loss, "IPO: ((r_w − r_l) − 1/(2β))², squared-error on the gap", fused="ipo"),
-    "hinge": PairwiseLoss("hinge", hinge_loss, "hinge / SLiC: max(0, 1 − β(r_w − r_l))", fused="hinge"),
+    name: PairwiseLoss(name, fn, LOSS_NAMES[name].description, fused=LOSS_NAMES[name].fused)
+    for name, fn in (("dpo", dpo_loss), ("ipo", ipo_loss), ("hinge", hinge_loss))
 }
 PENALTIES: dict[str, Penalty] = {
-    "psi": Penalty("psi", psi_penalty, "RDPO's Ψ (intended sign): λ·max(0, r_l) keeps the loser down", fused="psi"),
-    "psi-literal": Penalty(
-        "psi-literal", psi_literal_penalty, "RDPO's Ψ as printed: −λ·max(0, r_l) (rewards a rising r_l)",
-        fused="psi-literal",
-    ),
-    "dpop": Penalty("dpop", dpop_penalty, "DPOP: λ·max(0, −r_w) keeps the winner up", fused="dpop"),
+    name: Penalty(name, fn, PENALTY_NAMES[name].description, fused=PENALTY_NAMES[name].fused)
+    for name, fn in (("psi", psi_penalty), ("psi-literal", psi_literal_penalty), ("dpop", dpop_penalty))
 }
 #: Loss names that are a formula plus a fixed penalty. ``rdpo`` is ``dpo`` with ``psi``: one implementation.
-LOSS_ALIASES: dict[str, tuple[str, Optional[str]]] = {"d3po": ("dpo", None), "rdpo": ("dpo", "psi")}
+LOSS_ALIASES: dict[str, tuple[str, Optional[str]]] = {
+    entry.name: (entry.formula, entry.penalty) for entry in LOSS_NAMES.values() if entry.name != entry.formula}
 PLACEMENTS = ("inside", "outside")
 
 
@@ -148,11 +147,10 @@ def resolve_loss(loss, penalty=None) -> tuple[PairwiseLoss, Optional[Penalty]]:
         if base not in PAIRWISE_LOSSES:
             known = _known(set(PAIRWISE_LOSSES) | set(LOSS_ALIASES))
             raise ValueError(f"loss: unknown loss {loss!r}; known losses: {known}")
-        if implied is not None and penalty is not None:
-            raise ValueError(
-                f"penalty: loss {loss!r} already includes the {implied!r} penalty; asking for penalty={penalty!r} "
-                f"as well would count it twice (use loss='{base}' with penalty='{implied}', or loss={loss!r} alone)"
-            )
+        message = second_penalty(loss, implied, getattr(penalty, "name", penalty),
+                                 instead=f"use loss='{base}' with penalty='{implied}', or loss={loss!r} alone")
+        if message is not None:
+            raise ValueError(message)
         loss_obj, penalty = PAIRWISE_LOSSES[base], penalty if implied is None else implied
     elif isinstance(loss, PairwiseLoss):
         loss_obj = loss
@@ -178,12 +176,25 @@ def _check_number(name: str, value, minimum: Optional[float] = None, strict: boo
 def clamp_log_ratios(r: torch.Tensor, clamp_eps: Optional[float]) -> torch.Tensor:
     """The public D3PO/SPO trust region: clamp each ratio exp(r) to [1 − ε, 1 + ε], i.e. r to
     [log(1 − ε), log(1 + ε)]; the gradient through a clamped term is 0. ``None`` leaves r as it is."""
-    if clamp_eps is None:
+    eps = check_clamp_eps(clamp_eps)
+    if eps is None:
         return r
+    return r.clamp(math.log1p(-eps), math.log1p(eps))
+
+
+def check_clamp_eps(clamp_eps) -> Optional[float]:
+    """The ratio clamp's ε as a float (``None``: no clamp); anything but a number in (0, 1) is refused."""
+    if clamp_eps is None:
+        return None
     eps = _check_number("clamp_eps", clamp_eps)
     if not 0 < eps < 1:
         raise ValueError(f"clamp_eps: expected 0 < ε < 1 (the ratio is clamped to [1 − ε, 1 + ε]), got {clamp_eps!r}")
-    return r.clamp(math.log1p(-eps), math.log1p(eps))
+    return eps
+
+
+def check_placement(placement) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
 
 
 def _check_log_ratios(r: torch.Tensor) -> None:
@@ -209,8 +220,7 @@ def preference_margin(
     how far r_l has risen).
     """
     _check_log_ratios(log_ratios)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+    check_placement(placement)
     clamped = clamp_log_ratios(log_ratios, clamp_eps)
     r_w, r_l = clamped[:, 0], clamped[:, 1]
     z = beta * (r_w - r_l)

@@ -47,7 +47,8 @@ class NoisedPairs:
 def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Reward, generator: torch.Generator,
                          threshold: float = 0.0, gap_rule: str = "raw"):
     """Two independent images per prompt from the current policy, ranked by ``reward``; ties dropped."""
-    from rdpo_zoo.rollout import RolloutResult, _gap_keep
+    from rdpo_zoo.labels import kept_stats, label_candidates
+    from rdpo_zoo.rollout import RolloutResult
 
     B = len(cond)
     calls_before = model.unet_calls
@@ -57,18 +58,15 @@ def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Rewa
         images = model.decode(latents)
         scores = reward.score(images, both.prompts).float()
     pair_scores = scores.view(2, B).T  # [B, 2]
-    winner = pair_scores.argmax(1)
-    gap = (pair_scores[:, 0] - pair_scores[:, 1]).abs()
-    keep = _gap_keep(gap, reward.scale, threshold, gap_rule)
+    labels = label_candidates(pair_scores, reward.scale, threshold, gap_rule)
     grid = latents.view(2, B, *latents.shape[1:])
-    sel = keep.nonzero()[:, 0]
-    w, l = winner[sel], 1 - winner[sel]
+    sel = labels.kept
+    w, l = labels.winner[sel], labels.loser[sel]
     pairs = None
     if len(sel):
         pairs = NoisedPairs(torch.stack([grid[w, sel], grid[l, sel]], 1), cond.index(sel.cpu()),
                             torch.stack([pair_scores[sel, w], pair_scores[sel, l]], 1))
-    stats = {"groups": B, "pairs": len(sel), "pairs_kept_fraction": len(sel) / B,
-             "unet_calls": model.unet_calls - calls_before}
+    stats = {**kept_stats(B, len(sel)), "unet_calls": model.unet_calls - calls_before}
     return RolloutResult(latents, images, scores, both.prompts, pairs=pairs, stats=stats)
 
 

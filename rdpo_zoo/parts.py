@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence, Union
 
 from rdpo_zoo.errors import UserInputError
+from rdpo_zoo.rollout_modes import ROLLOUT_TABLE
 
 __all__ = [
     "KINDS",
@@ -635,22 +636,18 @@ class StepFamilyPart(Part):
 
 # --------------------------------------------------------------------------------------------------- presets
 
-#: Rollout modes (how step pairs are formed); the rollout issue implements them.
-ROLLOUTS = (
-    "single",  # DDPO: single trajectories, no pairs
-    "two-trajectories",  # D3PO: two trajectories from one x_T, labelled by their final images
-    "noised-pairs",  # Diffusion-DPO: a preferred and a dispreferred final image noised with the same t and ε
-    "branch-random",  # SPO: k candidates from one x_t, continue from a random one
-    "branch-winner",  # TailorPO / RDPO: two children from one x_t, continue from the winner
-)
+#: Rollout modes (how step pairs are formed): the names of ``rdpo_zoo.rollout_modes.ROLLOUT_TABLE``.
+ROLLOUTS = tuple(ROLLOUT_TABLE)
 
 #: The settings a preset may fix, with their types; a trainer flag of the same name overrides the preset's.
 #: ``trajectory`` needs a rollout that records which trajectory each transition (pair) comes from
 OPTIMISER_STEPS = ("minibatch", "trajectory")
-TRAJECTORY_ROLLOUTS = ("two-trajectories", "single")
+#: the rollouts that record which trajectory each transition (pair) comes from
+TRAJECTORY_ROLLOUTS = tuple(name for name, mode in ROLLOUT_TABLE.items() if mode.records_trajectory)
 
 SETTINGS = (
-    Option("rollout", str, "branch-winner", "how step pairs are formed", choices=ROLLOUTS),
+    Option("rollout", str, "branch-winner", "how step pairs are formed: a rollout mode (rdpo_zoo.rollout_modes: "
+           + ", ".join(ROLLOUTS) + ")"),
     Option("group_size", int, 1, "trajectories per prompt of a single-trajectory rollout, each from its own noise "
            "(GRPO's group G: every prompt of an iteration is sampled G times)", min=1),
     Option("num_candidates", int, 2, "children drawn from one x_t (branching rollouts)", min=2),
@@ -703,6 +700,13 @@ def _check_settings(settings: Mapping[str, Any], where: str) -> dict:
                 + f" Known settings: {', '.join(_SETTINGS_BY_NAME)}"
             )
         out[key] = option.convert(value, where=f"{where} setting {key!r}")
+        if key == "rollout":  # the live table: a mode registered in-process is a valid value too
+            from rdpo_zoo.rollout_modes import ROLLOUT_TABLE as table
+
+            if out[key] not in table:
+                hint = closest(out[key], table)
+                raise OptionError(f"{where} setting 'rollout': expected one of {', '.join(table)}, got {out[key]!r}"
+                                  + (f" (did you mean {hint!r}?)" if hint else ""))
     return out
 
 

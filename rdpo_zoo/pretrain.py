@@ -232,9 +232,9 @@ def _make_unet(cfg: PretrainConfig):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from rdpo_zoo.checkpoints import atomic_save  # the trainer's crash-safe writes, one copy
+
+    atomic_save(obj, path)
 
 
 def _step_seed(cfg: PretrainConfig, stage: int, step: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from rdpo_zoo.loss_names import second_penalty
 from rdpo_zoo.parts import PART_SETTINGS, SETTINGS, LossPart, OptionError, Part, PenaltyPart, Preset, _check_settings
 from rdpo_zoo.registry import Registry, get_registry
 
@@ -82,13 +83,11 @@ def build_loss(
     if not isinstance(loss_part, LossPart):
         raise TypeError(f"loss: expected a loss name or an rdpo_zoo.LossPart, got {type(loss).__name__}")
     if loss_part.penalty is not None:
-        if penalty is not None:
-            given = penalty if isinstance(penalty, str) else penalty.name
-            raise OptionError(
-                f"penalty: loss {loss_part.name!r} already includes the {loss_part.penalty!r} penalty; asking for "
-                f"penalty {given!r} as well would count it twice (use a loss without one, e.g. 'dpo', with the "
-                f"penalty you want, or {loss_part.name!r} alone)"
-            )
+        message = second_penalty(loss_part.name, loss_part.penalty, getattr(penalty, "name", penalty),
+                                 instead=f"use a loss without one, e.g. 'dpo', with the penalty you want, or "
+                                         f"{loss_part.name!r} alone")
+        if message is not None:
+            raise OptionError(message)
         penalty = loss_part.penalty
     typed = loss_part.parse_options(loss_options)
     beta, clamp_eps = typed.pop("beta"), typed.pop("clamp_eps")
@@ -171,12 +170,11 @@ def merge_settings(
             settings[options_key] = lookup(kind, settings[kind]).parse_options(settings[options_key])
     if check_parts and settings["loss"] is not None and settings["penalty"] is not None:
         loss = lookup("loss", settings["loss"])
-        if loss.penalty is not None:
-            raise OptionError(
-                f"penalty: loss {loss.name!r} already includes the {loss.penalty!r} penalty; penalty "
-                f"{settings['penalty']!r} ({'given' if 'penalty' in given else 'from ' + where}) as well would "
-                f"count it twice (--penalty none drops it)"
-            )
+        message = second_penalty(loss.name, loss.penalty, settings["penalty"],
+                                 where="given" if "penalty" in given else "from " + where,
+                                 instead="--penalty none drops it")
+        if message is not None:
+            raise OptionError(message)
     return settings
 
 

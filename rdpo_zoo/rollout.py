@@ -27,6 +27,7 @@ import torch
 
 from rdpo_zoo.diffusion import Conditioning, DiffusionModel, host_to_device
 from rdpo_zoo.estimators import Estimator, StepMeasurements
+from rdpo_zoo.labels import GAP_RULES, kept_stats, label_candidates
 from rdpo_zoo.reference import DEFAULT_MIN_SIGMA, step_log_prob
 from rdpo_zoo.rewards import Reward
 
@@ -43,13 +44,13 @@ __all__ = [
     "rollout_branching",
     "rollout_trajectory_pairs",
     "rollout_single",
+    "GAP_RULES",
 ]
 
-ROLLOUT_MODES = ("branching", "trajectory-pairs", "single")
-CONTINUE_FROM = ("winner", "random", "loser")
-#: ``raw``: keep a pair when Δ/scale > threshold. ``softmax``: SPO's rule, keep when
-#: softmax([s_w, s_l])[0] − softmax(...)[1] = tanh(Δ/2) > threshold, with Δ in units of the reward's scale.
-GAP_RULES = ("raw", "softmax")
+from rdpo_zoo.rollout_modes import CONTINUE_FROM, ROLLOUT_TABLE, rollout_mode  # noqa: E402
+
+#: the rollout modes (``rdpo_zoo.rollout_modes.ROLLOUT_TABLE``), by their ``rollout`` setting's names
+ROLLOUT_MODES = tuple(ROLLOUT_TABLE)
 
 
 @dataclass
@@ -184,13 +185,6 @@ def _q(model: DiffusionModel, reward: Reward, x: torch.Tensor, o: torch.Tensor, 
     return _score(reward, images, prompts, model.timesteps[index].item())
 
 
-def _gap_keep(gap: torch.Tensor, scale: float, threshold: float, rule: str) -> torch.Tensor:
-    normalised = gap / scale
-    if rule == "softmax":
-        return torch.tanh(normalised / 2) > threshold
-    return normalised > threshold
-
-
 def _check_common(model, cond, reward, estimator, continue_from=None, k=None, gap_rule="raw"):
     if not isinstance(model, DiffusionModel):
         raise TypeError(f"model: expected a DiffusionModel, got {type(model).__name__}")
@@ -281,12 +275,8 @@ def rollout_branching(
                 finals = _complete(model, flat, o_children, index + 1, cond_k, generator)
                 m.final = _score(reward, model.decode(finals), cond_k.prompts, 0).view(B, k)
             values = estimator.values(m)
-            winner, loser = values.argmax(1), values.argmin(1)
-            gap = values[rows, winner] - values[rows, loser]
-            keep = _gap_keep(gap, reward.scale, threshold, gap_rule) & (winner != loser)
-            extra = estimator.keep(values, m)
-            if extra is not None:
-                keep = keep & extra
+            labels = label_candidates(values, reward.scale, threshold, gap_rule, estimator.keep(values, m))
+            winner, loser, keep = labels.winner, labels.loser, labels.keep
         o_grid = None if o_children is None else o_children.view(B, k, *o_children.shape[1:])
         if guidance is not None:
             children = children.clone()
@@ -319,8 +309,7 @@ def rollout_branching(
     with torch.no_grad():
         images = model.decode(x)
         final = _score(reward, images, prompts, 0)
-    stats = {"groups": groups, "pairs": kept, "pairs_kept_fraction": kept / groups if groups else float("nan"),
-             "unet_calls": model.unet_calls - calls_before}
+    stats = {**kept_stats(groups, kept), "unet_calls": model.unet_calls - calls_before}
     return RolloutResult(x, images, final, prompts, pairs=StepPairs.cat(pairs) if store_pairs else None, stats=stats)
 
 
@@ -391,25 +380,19 @@ def rollout_trajectory_pairs(
             m.q_parent = q_at[index].view(2, B).T
             m.q_children = q_at[index + 1].view(2, B).T
         values = estimator.values(m)  # [B, 2]
-        winner = values.argmax(1)
-        gap = (values[:, 0] - values[:, 1]).abs()
-        keep = _gap_keep(gap, reward.scale, threshold, gap_rule)
-        extra = estimator.keep(values, m)
-        if extra is not None:
-            keep = keep & extra
+        labels = label_candidates(values, reward.scale, threshold, gap_rule, estimator.keep(values, m))
         groups += B
-        kept += int(keep.sum())
-        if bool(keep.any()):
-            sel = keep.nonzero()[:, 0]
-            w, l = winner[sel], 1 - winner[sel]
+        kept += int(labels.keep.sum())
+        if bool(labels.keep.any()):
+            sel = labels.kept
+            w, l = labels.winner[sel], labels.loser[sel]
             x_t2, y2 = x_t.view(2, B, *x_t.shape[1:]), y.view(2, B, *y.shape[1:])
             pairs.append(StepPairs(
                 torch.stack([x_t2[w, sel], x_t2[l, sel]], 1), torch.stack([y2[w, sel], y2[l, sel]], 1),
                 torch.full((len(sel),), index, device=model.device), cond.index(sel.cpu()),
                 torch.stack([values[sel, w], values[sel, l]], 1), trajectory=sel,
             ))
-    stats = {"groups": groups, "pairs": kept, "pairs_kept_fraction": kept / groups if groups else float("nan"),
-             "unet_calls": model.unet_calls - calls_before}
+    stats = {**kept_stats(groups, kept), "unet_calls": model.unet_calls - calls_before}
     # The "continued" trajectory of a pair rollout: report both branches' finals as the batch's samples.
     return RolloutResult(x, images, final, prompts2, pairs=StepPairs.cat(pairs), stats=stats)
 
@@ -455,12 +438,14 @@ def rollout_single(
 
 
 def rollout(mode: str, model: DiffusionModel, cond: Conditioning, reward: Reward, estimator: Optional[Estimator],
-            steps: Sequence[int], generator: torch.Generator, **options) -> RolloutResult:
-    """Dispatch by mode name (``ROLLOUT_MODES``); options go to that mode's function."""
-    if mode == "branching":
-        return rollout_branching(model, cond, reward, estimator, steps, generator, **options)
-    if mode == "trajectory-pairs":
-        return rollout_trajectory_pairs(model, cond, reward, estimator, steps, generator, **options)
-    if mode == "single":
-        return rollout_single(model, cond, reward, steps, generator, **options)
-    raise ValueError(f"mode: expected one of {ROLLOUT_MODES}, got {mode!r}")
+            steps: Optional[Sequence[int]], generator: torch.Generator, **options) -> RolloutResult:
+    """Run the rollout mode ``mode`` (a name of ``rdpo_zoo.rollout_modes.ROLLOUT_TABLE``, the ``rollout`` setting's
+    values): its function gets ``model, cond, reward, generator`` and, of ``estimator``, ``steps``, a branching
+    mode's ``continue_from`` and ``options`` (``k``, ``threshold``, ``gap_rule``, ``guidance``, ``reduction``),
+    the ones its record's ``arguments`` name."""
+    record = rollout_mode(mode)
+    given = dict(estimator=estimator, steps=steps, **options)
+    if record.continue_from is not None:
+        given.setdefault("continue_from", record.continue_from)
+    chosen = {name: value for name, value in given.items() if name in record.arguments}
+    return record.load()(model=model, cond=cond, reward=reward, generator=generator, **chosen)

@@ -179,8 +179,8 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
             o_t = o_theta.view(P, -1, *pairs.y.shape[2:]).expand_as(pairs.y).float()
             o_r = o_ref.view(P, -1, *pairs.y.shape[2:]).expand_as(pairs.y).float()
             r = torch.stack([
-                step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_t[:, k], a, b, sigma, trainer.method["reduction"])
-                - step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_r[:, k], a, b, sigma, trainer.method["reduction"])
+                step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_t[:, k], a, b, sigma, trainer.method.reduction)
+                - step_log_prob(pairs.y[:, k], x_t[:, k].float(), o_r[:, k], a, b, sigma, trainer.method.reduction)
                 for k in (0, 1)], 1)
             loss = losses.preference_loss(r, **obj.kwargs())
             acc.backward(loss)

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,11 +46,12 @@ from rdpo_zoo.run_folder import (  # noqa: E402
     complete_checkpoints, latest_checkpoint, remove_run_files,
 )
 from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa: E402
-from rdpo_zoo.parts import TRAJECTORY_ROLLOUTS  # noqa: E402
+from rdpo_zoo.checkpoints import (  # noqa: E402
+    STATE_FILE, read_checkpoint, trim_metrics, write_checkpoint, write_lora,
+)
+from rdpo_zoo.rollout_modes import ROLLOUT_TABLE, rollout_mode  # noqa: E402
 
-PAIR_ROLLOUTS = ("two-trajectories", "branch-winner", "branch-random", "branch-loser")
-#: base-vs-tuned image pairs drawn into eval.png at the end of a run
-EVAL_GRID_IMAGES = 16
+from rdpo_zoo.train_eval import EVAL_GRID_IMAGES  # noqa: E402,F401 (public here before train_eval existed)
 
 
 class TrainingError(RuntimeError):
@@ -96,19 +96,20 @@ class Trainer:
         self._check_output_dir()
         self.reward = build_reward(run.reward, run.reward_options, self.registry)
         self.estimator = None
-        if m["estimator"] is not None and m["rollout"] != "single":
-            self.estimator = self.registry.get("estimator", m["estimator"]).build(m["estimator_options"])
+        mode = rollout_mode(m.rollout)
+        if m.estimator is not None and mode.yields != "samples":
+            self.estimator = self.registry.get("estimator", m.estimator).build(m.estimator_options)
             _check_estimator_kind(m, self.estimator, pairwise=True)
-        loss_part = self.registry.get("loss", m["loss"])
-        self.per_sample = m["rollout"] == "single"
+        loss_part = self.registry.get("loss", m.loss)
+        self.per_sample = mode.yields == "samples"
         if self.per_sample:
             self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
             self.kl_convention = self.pg_loss.reference_kl(self.pg_options) if self.pg_loss.reference_kl else None
-            self.advantages = self.registry.get("estimator", m["estimator"] or "advantage").build(m["estimator_options"])
+            self.advantages = self.registry.get("estimator", m.estimator or "advantage").build(m.estimator_options)
             _check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
         else:
-            self.objective = build_loss(loss_part, m["loss_options"], m["penalty"], m["penalty_options"] or None,
+            self.objective = build_loss(loss_part, m.loss_options, m.penalty, m.penalty_options or None,
                                         registry=self.registry)
         self.guided = self._resolve_guidance()
         self._build_model()
@@ -116,7 +117,7 @@ class Trainer:
         self.prompts = self._prompt_set(run.prompts)
         self.offline = None
         if run.offline_pairs is not None:
-            if m["rollout"] != "noised-pairs":
+            if mode.yields != "noised-pairs":
                 raise ValueError(f"offline_pairs: offline preference pairs train with rollout 'noised-pairs' "
                                  f"(Diffusion-DPO), not {m['rollout']!r}")
             from rdpo_zoo.noised_pairs import load_offline_pairs
@@ -146,8 +147,8 @@ class Trainer:
     def _resolve_guidance(self) -> bool:
         """TailorPO-G's gradient guidance: explicit on/off, or auto (None): on for a branching rollout with a
         differentiable reward (RDPO = RDPO* + Ψ is built on TailorPO-G), else off. On where it cannot act is refused."""
-        wanted, rollout = self.method.get("gradient_guidance"), self.method["rollout"]
-        branching, differentiable = rollout.startswith("branch-"), self.reward.differentiable
+        wanted, rollout = self.method.gradient_guidance, self.method.rollout
+        branching, differentiable = rollout_mode(rollout).branching, self.reward.differentiable
         if wanted is None:
             guided = branching and differentiable
             logger.info("gradient guidance: auto -> %s (%s rollout, reward %r %s differentiable)",
@@ -168,37 +169,38 @@ class Trainer:
         from rdpo_zoo.losses import PolicyGradientLoss
 
         m = self.method
-        rollout = m["rollout"]
+        rollout, mode = m.rollout, rollout_mode(m.rollout)
         # the per-sample path is chosen by the loss's type, so a plugin's PolicyGradientLoss takes it too
-        per_sample_loss = isinstance(self.registry.get("loss", m["loss"]).load(), PolicyGradientLoss)
-        if rollout == "single" and not per_sample_loss:
-            raise ValueError(f"loss: rollout 'single' (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
-                             f"grpo), not the pairwise {m['loss']!r}")
-        if rollout != "single" and per_sample_loss:
-            raise ValueError(f"loss: {m['loss']!r} is a per-sample policy-gradient loss; it needs rollout 'single', "
-                             f"not {rollout!r}")
-        if m.get("group_size", 1) > 1 and rollout != "single":
+        per_sample_loss = isinstance(self.registry.get("loss", m.loss).load(), PolicyGradientLoss)
+        if mode.yields == "samples" and not per_sample_loss:
+            raise ValueError(f"loss: rollout {rollout!r} (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
+                             f"grpo), not the pairwise {m.loss!r}")
+        if mode.yields != "samples" and per_sample_loss:
+            raise ValueError(f"loss: {m.loss!r} is a per-sample policy-gradient loss; it needs rollout 'single' (or "
+                             f"another single-trajectory rollout), not {rollout!r}")
+        if m.group_size > 1 and mode.yields != "samples":
             raise ValueError(f"group_size: groups of trajectories per prompt are a single-trajectory rollout's "
                              f"(GRPO); rollout {rollout!r} forms pairs")
-        if rollout in PAIR_ROLLOUTS and m["estimator"] is None:
+        if mode.needs_estimator and m.estimator is None:
             raise ValueError(f"estimator: rollout {rollout!r} needs an estimator to label its pairs")
-        if rollout in PAIR_ROLLOUTS and m["scheduler"] is None:
+        if mode.needs_sampler and m.scheduler is None:
             raise ValueError(f"scheduler: rollout {rollout!r} samples chains, so it needs a sampler (ddim or ddpm)")
-        if rollout == "two-trajectories" and m["estimator"] == "delta-q" and (m["estimator_options"] or {}).get(
+        if not mode.branching and m.estimator == "delta-q" and (m.estimator_options or {}).get(
                 "variant") == "lookahead":
-            raise ValueError("estimator: delta-q's lookahead variant needs a branching rollout, not two-trajectories")
-        if m["train_timesteps"] == "uniform" and rollout != "noised-pairs":
+            raise ValueError(f"estimator: delta-q's lookahead variant needs a branching rollout, not {rollout!r}")
+        if m.train_timesteps == "uniform" and mode.yields != "noised-pairs":
             raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
-        if rollout == "noised-pairs" and m["estimator"] not in (None, "final-order"):
+        if mode.yields == "noised-pairs" and m.estimator not in (None, "final-order"):
             raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
-        if m.get("optimiser_step") == "trajectory" and rollout not in TRAJECTORY_ROLLOUTS:
+        if m.optimiser_step == "trajectory" and not mode.records_trajectory:
+            recording = [name for name, other in ROLLOUT_TABLE.items() if other.records_trajectory]
             raise ValueError(f"optimiser_step: 'trajectory' steps once per trajectory, which only the rollouts "
-                             f"{', '.join(TRAJECTORY_ROLLOUTS)} record; rollout {rollout!r} does not")
+                             f"{', '.join(recording)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
         from rdpo_zoo.parts import LOSS_COMMON_OPTIONS
 
-        options = loss_part.parse_options(self.method["loss_options"] or {})
+        options = loss_part.parse_options(self.method.loss_options or {})
         for common in LOSS_COMMON_OPTIONS:  # β and the pair clamp belong to pairwise losses
             options.pop(common.name, None)
         return loss_part.load(), options
@@ -232,15 +234,15 @@ class Trainer:
         if run.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         # η None: the step family's own default (DDIM's 1.0, the flow SDEs' 0.7)
-        self.model = DiffusionModel(pipe, sampler=m["scheduler"], eta=m["eta"],
-                                    num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]),
+        self.model = DiffusionModel(pipe, sampler=m.scheduler, eta=m.eta,
+                                    num_steps=m.num_steps, guidance_scale=max(1.0, m.guidance_scale),
                                     family=family, registry=self.registry)
         self.train_steps = None
-        if m["rollout"] != "noised-pairs":
+        if rollout_mode(m.rollout).yields != "noised-pairs":
             from rdpo_zoo.rollout import check_train_steps
 
-            steps = parse_train_timesteps(m["train_timesteps"], m["num_steps"], m.get("branch_start", 0))
-            if m["train_timesteps"] == "all":  # "all" means every step that has a likelihood
+            steps = parse_train_timesteps(m.train_timesteps, m.num_steps, m.branch_start)
+            if m.train_timesteps == "all":  # "all" means every step that has a likelihood
                 steps = [s for s in steps if self._has_likelihood(s)]
             check_train_steps(self.model, steps)
             self.train_steps = steps
@@ -256,7 +258,7 @@ class Trainer:
         if not params:
             raise RuntimeError("no trainable LoRA parameters: check lora_targets against the denoiser's module names")
         self.trainable = params
-        optimiser = torch.optim.AdamW(params, lr=self.method["learning_rate"], betas=(0.9, 0.999),
+        optimiser = torch.optim.AdamW(params, lr=self.method.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=self.run.weight_decay, eps=1e-8)
         warmup = self.run.warmup_iterations
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -282,38 +284,22 @@ class Trainer:
     def rollout(self, iteration: int, prompts: Optional[list] = None, generator: Optional[torch.Generator] = None):
         """The method's rollout of iteration ``iteration``'s prompts and noise, or of ``prompts`` with
         ``generator`` (an evaluation's fixed held-out set)."""
-        from rdpo_zoo.rollout import Guidance, rollout_branching, rollout_single, rollout_trajectory_pairs
+        from rdpo_zoo.rollout import Guidance, rollout
 
         m = self.method
         if self.offline is not None:
             return self._offline_chunk(iteration)
         prompts = self._iteration_prompts(iteration) if prompts is None else list(prompts)
-        if m["rollout"] == "single" and m.get("group_size", 1) > 1:  # GRPO: G trajectories per prompt, each from
-            prompts = [p for p in prompts for _ in range(m["group_size"])]  # its own noise
+        if rollout_mode(m.rollout).yields == "samples" and m.group_size > 1:  # GRPO: G trajectories per prompt, each from
+            prompts = [p for p in prompts for _ in range(m.group_size)]  # its own noise
         generator = self._generator(iteration, 2) if generator is None else generator
         self.model.denoiser.eval()
         with self.accelerator.autocast():
             cond = self.model.encode(prompts)
-            rollout = m["rollout"]
-            threshold = m["threshold"] or 0.0
-            if rollout.startswith("branch-"):
-                guidance = Guidance(m["guidance_step"]) if self.guided else None
-                return rollout_branching(
-                    self.model, cond, self.reward, self.estimator, self.train_steps, generator,
-                    k=m["num_candidates"], continue_from=rollout.split("-", 1)[1], threshold=threshold,
-                    gap_rule=m["gap_rule"], guidance=guidance)
-            if rollout == "two-trajectories":
-                return rollout_trajectory_pairs(self.model, cond, self.reward, self.estimator, self.train_steps,
-                                                generator, threshold=threshold, gap_rule=m["gap_rule"])
-            if rollout == "single":
-                return rollout_single(self.model, cond, self.reward, self.train_steps, generator,
-                                      reduction=m["reduction"])
-            if rollout == "noised-pairs":
-                from rdpo_zoo.noised_pairs import rollout_noised_pairs
-
-                return rollout_noised_pairs(self.model, cond, self.reward, generator, threshold=threshold,
-                                            gap_rule=m["gap_rule"])
-        raise ValueError(f"rollout: unknown rollout {rollout!r}")
+            guidance = Guidance(m.guidance_step) if self.guided else None
+            return rollout(m.rollout, self.model, cond, self.reward, self.estimator, self.train_steps, generator,
+                           k=m.num_candidates, threshold=m.threshold or 0.0, gap_rule=m.gap_rule, guidance=guidance,
+                           reduction=m.reduction)
 
     def _offline_chunk(self, iteration: int):
         """The next ``prompts_per_iteration`` offline pairs of this process (cycling through the data)."""
@@ -345,7 +331,7 @@ class Trainer:
         target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
         return preference_loss(
             target, None, o_theta.reshape(P, 2, -1), o_ref.reshape(P, 2, -1), 0.0, 1.0, 1.0,
-            reduction=self.method["reduction"], backend=self.run.kernel_backend, return_log_ratios=True,
+            reduction=self.method.reduction, backend=self.run.kernel_backend, return_log_ratios=True,
             **obj.kwargs(),
         )
 
@@ -370,7 +356,7 @@ class Trainer:
         a, b, sigma = model.coefficient_tensors(pairs.step_index if steps is None else steps)
         return preference_loss(
             pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
-            o_ref.reshape(*shape), a, b, sigma, reduction=self.method["reduction"],
+            o_ref.reshape(*shape), a, b, sigma, reduction=self.method.reduction,
             backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
         )
 
@@ -391,12 +377,12 @@ class Trainer:
                 with torch.no_grad(), model.reference():
                     o_ref = model.guided_output(samples.x_t, samples.step_index, samples.cond)
         a, b, sigma = (host_to_device(v, samples.y.device) for v in model.coefficient_tensors(index))
-        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method["reduction"])
+        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method.reduction)
         extra = {}
         if self.kl_convention is not None:
             dt = host_to_device(model.flow_time_steps(index), samples.y.device) if self.kl_convention == "public" \
                 else None
-            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method["reduction"],
+            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method.reduction,
                                             self.kl_convention, dt)
         per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options,
                                      **extra)
@@ -425,7 +411,7 @@ class Trainer:
         if n_max == 0:
             return {}
         self.model.denoiser.train()
-        per_trajectory = self.method.get("optimiser_step") == "trajectory"
+        per_trajectory = self.method.optimiser_step == "trajectory"
         groups = []
         if per_trajectory:  # one optimiser step per trajectory (pair): every process takes the most trajectories'
             groups = self._trajectories(batch) if n_local else []
@@ -450,7 +436,7 @@ class Trainer:
                 with acc.accumulate(self.train_denoiser):
                     if len(index):
                         part = batch.select(index)
-                        if self.method["rollout"] == "noised-pairs":
+                        if rollout_mode(self.method.rollout).yields == "noised-pairs":
                             loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
                             self._pair_stats(stats, r)
                         elif self.per_sample:
@@ -631,28 +617,19 @@ class Trainer:
         ``pipe.load_lora_weights(folder, weight_name=LORA_WEIGHT_NAME)``) reads."""
         from peft.utils import get_peft_model_state_dict
 
-        if not self.accelerator.is_main_process:
-            return
-        state = get_peft_model_state_dict(self.unwrapped_denoiser())
-        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.family.save_lora(tmp, state)
-        _replace_dir(tmp, folder)
+        if self.accelerator.is_main_process:
+            write_lora(folder, self.model.family, get_peft_model_state_dict(self.unwrapped_denoiser()))
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step;
-        then ``lora/`` is refreshed with its LoRA (so an interrupted run has one). Each is written to a temporary
-        folder and renamed: a crash mid-save leaves the previous checkpoint and ``lora/`` intact."""
+        """``checkpoint-NNNNNN`` (the LoRA, the exact peft state, optimiser, scheduler, step) and a refreshed
+        ``lora/``, crash-safe: :func:`rdpo_zoo.checkpoints.write_checkpoint`."""
         from peft.utils import get_peft_model_state_dict
 
         acc = self.accelerator
         acc.wait_for_everyone()
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.iteration:06d}"
         if acc.is_main_process:
-            tmp = self.output_dir / f".tmp-{final.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             peft_state = get_peft_model_state_dict(self.unwrapped_denoiser())
-            self.model.family.save_lora(tmp, peft_state)
             state = {
                 "iteration": self.iteration,
                 "lora": {k: v.detach().cpu().clone() for k, v in peft_state.items()},
@@ -661,23 +638,10 @@ class Trainer:
                 "advantages": getattr(getattr(self, "advantages", None), "state_dict", lambda: None)(),
                 "config": self.config.to_dict(),
             }
-            torch.save(state, tmp / "training_state.pt")
-            _fsync_dir(tmp)
-            _replace_dir(tmp, final)
-            self._prune_checkpoints()
-            lora_tmp = self.output_dir / f".tmp-lora-{os.getpid()}"
-            shutil.rmtree(lora_tmp, ignore_errors=True)
-            lora_tmp.mkdir()
-            shutil.copyfile(final / LORA_WEIGHT_NAME, lora_tmp / LORA_WEIGHT_NAME)
-            _fsync_dir(lora_tmp)
-            _replace_dir(lora_tmp, self.output_dir / "lora")
+            final = write_checkpoint(self.output_dir, self.iteration, self.model.family, peft_state, state,
+                                     self.run.keep_checkpoints)
         acc.wait_for_everyone()
         return final
-
-    def _prune_checkpoints(self) -> None:
-        found = complete_checkpoints(self.output_dir)
-        for old in found[: max(0, len(found) - self.run.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: Optional[Path] = None) -> int:
         """Restore the newest intact checkpoint (or ``path``); returns the iteration to continue from (0 if none).
@@ -690,32 +654,18 @@ class Trainer:
         if not candidates:
             logger.warning("resume: no checkpoint in %s; starting from scratch", self.output_dir)
             return 0
-        failures = []
-        for candidate in candidates:
-            file = candidate / "training_state.pt"
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=False)
-                missing = {"iteration", "lora", "optimiser", "lr_scheduler", "config"} - set(state)
-                if missing:
-                    raise ValueError(f"it lacks {', '.join(sorted(missing))}")
-            except Exception as error:  # whatever a damaged file raises: try the previous checkpoint
-                failures.append(f"{file} ({type(error).__name__}: {error})")
-                if candidate is not candidates[-1] and self.accelerator.is_main_process:
-                    logger.warning("resume: %s does not load (%s: %s); falling back to the previous checkpoint",
-                                   file, type(error).__name__, error)
-                continue
-            try:
-                check_resumed_settings(state["config"], self.config.to_dict(), file, self.output_dir)
-            except RunFolderError as error:
-                raise TrainingError(str(error)) from None
-            self._restore(state, candidate)
-            break
-        else:
+        state, folder, failures = read_checkpoint(candidates, warn=self.accelerator.is_main_process)
+        if state is None:
             raise TrainingError(f"resume: no intact checkpoint left in {self.output_dir}: "
                                 + "; ".join(failures) + " (start afresh with --overwrite)")
+        try:
+            check_resumed_settings(state["config"], self.config.to_dict(), folder / STATE_FILE, self.output_dir)
+        except RunFolderError as error:
+            raise TrainingError(str(error)) from None
+        self._restore(state, folder)
         self.iteration = int(state["iteration"])
         if self.accelerator.is_main_process and self.metrics_path.exists():
-            self._trim_metrics()
+            trim_metrics(self.metrics_path, self.iteration, TrainingError)
         return self.iteration
 
     def _restore(self, state: dict, path: Path) -> None:
@@ -730,64 +680,13 @@ class Trainer:
         if state.get("advantages") is not None:
             self.advantages.load_state_dict(state["advantages"])
 
-    def _trim_metrics(self) -> None:
-        """Keep the metrics lines up to the restored iteration; a torn last line is dropped with a warning, a
-        malformed line before it is an error (that is not what a crash leaves)."""
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append((json.loads(line), line))
-            except ValueError:
-                if number < len(lines):
-                    raise TrainingError(f"resume: {self.metrics_path} line {number} is not JSON ({line[:80]!r}); "
-                                        "only a torn last line is dropped") from None
-                logger.warning("resume: dropped the torn last line of %s (a write the interruption cut short): %r",
-                               self.metrics_path, line[:80])
-        kept = [line for record, line in records if record["iteration"] <= self.iteration]
-        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-
     # ------------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, n: Optional[int] = None) -> dict:
-        """Base (adapter off) against tuned (adapter on) on ``n`` held-out prompt/seed pairs (the eval prompts
-        cycled), the same initial noise and sampling noise for both: every world reward and the trained one, the
-        pixel checker, spread and the tuned model's KL to the base (``rdpo_zoo.evaluate.compare_models``), paired,
-        with standard errors. Writes ``eval.json`` and ``eval.png`` (base row above tuned, checker marks)."""
-        from rdpo_zoo.evaluate import checker_hits, compare_models, report_rewards, save_comparison_grid
+        """The final evaluation, base against tuned (:func:`rdpo_zoo.train_eval.evaluate_run`): writes
+        ``eval.json`` and ``eval.png``."""
+        from rdpo_zoo.train_eval import evaluate_run
 
-        n = n or self.run.eval_samples
-        prompts_all = self._prompt_set(self.run.eval_prompts)
-        prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
-        self.model.denoiser.eval()
-        rewards, trained, notes = report_rewards(self.registry, self.run.reward, self.reward, prompts)
-        samples = {}
-        main = self.accelerator.is_main_process
-        show = not self.run.quiet and main
-        if show:
-            logger.info("final evaluation: base and tuned on %d held-out prompt/seed pairs (%s prompts)", n,
-                        self.run.eval_prompts)
-        with self.accelerator.autocast():
-            report = compare_models(self.model, prompts, [self.run.seed], rewards, trained,
-                                    self.run.eval_batch_size, notes=notes, keep=samples, show_progress=show)
-        report.update(reward=self.run.reward, prompt_set=self.run.eval_prompts)
-        if main:
-            _atomic_write_text(self.output_dir / "eval.json", json.dumps(report, indent=2))
-            # look before trusting a gain: a reward can be hacked (base above, tuned below, same noise per column)
-            shown = min(n, EVAL_GRID_IMAGES)
-            rows = [samples["base"].images[:shown], samples["tuned"].images[:shown]]
-            marks = None
-            if "checker" in report:
-                marks = [checker_hits(r, prompts[:shown])["all"].bool().tolist() for r in rows]
-            save_comparison_grid(rows, self.output_dir / "eval.png", row_labels=["base", "tuned"],
-                                 column_labels=[_short_prompt(p) for p in prompts[:shown]], marks=marks)
-        return report
-
-
-def _short_prompt(prompt: str) -> str:
-    """A world prompt without its articles and 'background' (a grid column is ~20 characters wide)."""
-    words = [w for w in prompt.split() if w.lower() not in ("a", "an", "background")]
-    return " ".join(words)
+        return evaluate_run(self, n)
 
 
 def _trackers(report_to: str, output_dir: Path) -> list:
@@ -815,42 +714,17 @@ def _trackers(report_to: str, output_dir: Path) -> list:
     return [WandBTracker("rdpo-zoo", mode=os.environ.get("WANDB_MODE", "offline"), dir=str(output_dir))]
 
 
-def _check_estimator_kind(method: dict, estimator, pairwise: bool) -> None:
+def _check_estimator_kind(method, estimator, pairwise: bool) -> None:
     """A pair rollout needs a step-pair estimator; a single-trajectory rollout a per-sample advantage (DDPO's)."""
     from rdpo_zoo.estimators import Estimator
 
     if pairwise and not isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method['estimator']!r} scores single trajectories (rollout single, loss "
-                         f"ppo-clip); rollout {method['rollout']!r} needs a step-pair estimator such as delta-q, "
+        raise ValueError(f"estimator: {method.estimator!r} scores single trajectories (rollout single, loss "
+                         f"ppo-clip); rollout {method.rollout!r} needs a step-pair estimator such as delta-q, "
                          "x0-hat or final-order")
     if not pairwise and isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method['estimator']!r} labels step pairs; rollout 'single' needs a "
+        raise ValueError(f"estimator: {method.estimator!r} labels step pairs; rollout 'single' needs a "
                          "per-sample advantage estimator (advantage)")
-
-
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an older folder of the same name is moved aside first, then removed.
-    Its files get the mode the umask gives new files (safetensors writes 0600: a shared run folder's LoRA could not
-    be read by anyone else)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in tmp.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-    if final.exists():
-        aside = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 #: what ``optimise`` averages over its minibatches

@@ -78,24 +78,20 @@ def test_builtins_are_entry_points_of_the_distribution():
     assert dpo.source.plugin == "rdpo_zoo.losses"
 
 
-def test_builtin_losses_are_the_formulas_of_losses_py():
-    """One source of truth: the parts point at rdpo_zoo.losses' objects; names, descriptions, fused forms and
-    aliases agree with its tables."""
+def test_builtin_loss_parts_are_built_from_the_one_name_table():
+    """The parts and rdpo_zoo.losses' formulas both come from rdpo_zoo.loss_names: each part computes its
+    formula's object, and includes the penalty its entry names."""
+    from rdpo_zoo.loss_names import LOSS_NAMES, PENALTY_NAMES
     from rdpo_zoo.losses import LOSS_ALIASES, PAIRWISE_LOSSES, PENALTIES
 
     registry = Registry(plugins="builtin")
-    for name, formula in PAIRWISE_LOSSES.items():
+    assert set(registry.names("loss")) >= set(LOSS_NAMES) and set(registry.names("penalty")) >= set(PENALTY_NAMES)
+    for name, entry in LOSS_NAMES.items():
         part = registry.get("loss", name)
-        assert part.load() is formula
-        assert (part.description, part.fused, part.penalty) == (formula.description, formula.fused, None)
-    for name, formula in PENALTIES.items():
-        part = registry.get("penalty", name)
-        assert part.load() is formula
-        assert (part.description, part.fused) == (formula.description, formula.fused)
-    for alias, (base, penalty) in LOSS_ALIASES.items():
-        part = registry.get("loss", alias)
-        assert part.load() is PAIRWISE_LOSSES[base] and part.penalty == penalty
-        assert part.fused == PAIRWISE_LOSSES[base].fused
+        assert part.load() is PAIRWISE_LOSSES[entry.formula] and part.penalty == entry.penalty
+    assert LOSS_ALIASES == {"d3po": ("dpo", None), "rdpo": ("dpo", "psi")}
+    for name in PENALTY_NAMES:
+        assert registry.get("penalty", name).load() is PENALTIES[name]
 
 
 # ---------------------------------------------------------------------------------------- listing

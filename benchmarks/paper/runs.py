@@ -254,7 +254,7 @@ class _BudgetTrainerMixin:
         """Pairs drawn once, by the method's own rollout, with the adapter disabled (the reference policy)."""
         import torch
 
-        if n_prompts <= 0 or self.method["rollout"] in ("single", "noised-pairs"):
+        if n_prompts <= 0 or self.method.rollout in ("single", "noised-pairs"):
             return None
         keep = self.run.prompts_per_iteration
         self.run.prompts_per_iteration = n_prompts
@@ -281,7 +281,7 @@ class _BudgetTrainerMixin:
         r = torch.cat(rows)
         r_w, r_l = r[:, 0], r[:, 1]
         m = self.method
-        lam = (m["penalty_options"] or {}).get("lambda", 0.0) if m["penalty"] in ("psi", "psi-literal") else 0.0
+        lam = (m.penalty_options or {}).get("lambda", 0.0) if m.penalty in ("psi", "psi-literal") else 0.0
         return {"r_w": float(r_w.mean()), "r_l": float(r_l.mean()), "pair_mean": float(r.mean()),
                 "accuracy": float((r_w > r_l).float().mean()), "psi_active": float((r_l > 0).float().mean()),
                 "beta_margin": float((self.objective.beta * (r_w - r_l)).mean()),
@@ -371,7 +371,7 @@ class HeldOutEvaluation:
         import torch
 
         trainer, held = self.trainer, self.spec.heldout[name]
-        if not held.get("pair_prompts") or trainer.method["rollout"] in ("single", "noised-pairs"):
+        if not held.get("pair_prompts") or trainer.method.rollout in ("single", "noised-pairs"):
             return None
         prompts = _eval_prompts(held["set"], held["prompts"])[:held["pair_prompts"]]
         trainer.model.denoiser.eval()
