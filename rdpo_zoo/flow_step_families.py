@@ -100,7 +100,8 @@ class FlowStepFamily(StepFamily):
         return sample_flow_train_timesteps(self.scheduler_config, n, generator, weighting=self.train_weighting)
 
     def _train_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(t).to(torch.float64) / self.scheduler.config.num_train_timesteps
+        # float32 on t's device (float64 is not on every accelerator); σ = t / N as the training scripts' sigmas
+        return torch.as_tensor(t).to(torch.float32) / self.scheduler.config.num_train_timesteps
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return flow_add_noise(x0, noise, self._train_sigma(t))

@@ -337,8 +337,28 @@ def test_schedule_prints_the_flow_table():
     assert [row["std"] for row in printed["steps"]] == table.std.tolist()
     assert [row["b"] for row in printed["steps"]] == table.b.tolist()
     assert [row["step"] for row in printed["steps"]] == [4, 3, 2, 1]
+    from rdpo_zoo.cli import schedule_cmd
+    from rdpo_zoo.flow_steps import DEFAULT_FLOW_ETA
+
+    # the command keeps its own copies (its --help imports no torch): they must agree with the module's
+    assert schedule_cmd.FLOW_SDES == FLOW_SDES and schedule_cmd.FLOW_ETA == DEFAULT_FLOW_ETA
     text = CliRunner().invoke(main, ["schedule", "--scheduler", "flow-sde", "--num-steps", "3"]).stdout
     header, columns, first = text.splitlines()[:3]
     assert header.startswith("FLOW-SDE sd3 schedule (shift=3.0) T=3 eta=0.7")
     assert columns.split() == ["step", "timestep", "sigma", "a", "b", "std"]
     assert first.split()[:3] == ["3", "1000.000", "1.000000"] and float(first.split()[-1]) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("sde", FLOW_SDES)
+def test_dpo_logit_on_a_shared_x_t_is_b_over_std_squared_times_the_inner_product(sde):
+    """Both children from one x_i: the quadratic terms cancel, and with the sum reduction
+    r_w − r_l = (b/std²)·⟨x^w − x^l, o_θ − o_ref⟩ (the issue's formula), on the engine's own log-ratio."""
+    scheduler = _sd3()
+    a, b, std = (c[4] for c in flow_schedule_coefficients(scheduler, sde, 0.7))
+    g = torch.Generator().manual_seed(11)
+    x_t, o_theta, o_ref = (torch.randn(3, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    y = float(a) * x_t[:, None] + float(b) * o_ref[:, None] + float(std) * torch.randn(3, 2, 16, generator=g,
+                                                                                        dtype=torch.float64)
+    r = paired_log_ratios(y, x_t, o_theta, o_ref, a, b, std, reduction="sum")
+    want = float(b) / float(std) ** 2 * ((y[:, 0] - y[:, 1]) * (o_theta - o_ref)).sum(1)
+    torch.testing.assert_close(r[:, 0] - r[:, 1], want, atol=1e-9, rtol=1e-9)
