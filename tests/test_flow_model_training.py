@@ -153,3 +153,31 @@ def test_step_wise_best_of_n_runs_on_flow_models(family):
     assert result["samples"] == 6 and rows["plain"]["unet_calls_per_sample"] == 4
     assert rows["x0-hat"]["unet_calls_per_sample"] == 1 + 4 * 3
     assert rows["x0-hat"]["gain"]["mean"] > 0
+
+
+def test_offline_pairs_train_diffusion_dpo_on_sd3(tmp_path):
+    """Offline preference images go through the family's encode_images (VAE shift and scale) and train
+    Diffusion-DPO's flow form (the velocity target) from log-ratios of exactly 0."""
+    from PIL import Image
+
+    from rdpo_zoo.trainer import Trainer
+
+    rows = []
+    for i, prompt in enumerate(["a red circle", "a blue square"]):
+        for kind, colour in (("chosen", (220, 20, 20)), ("rejected", (20, 20, 220))):
+            Image.new("RGB", (16, 16), colour).save(tmp_path / f"{i}-{kind}.png")
+        rows.append({"prompt": prompt, "chosen": f"{i}-chosen.png", "rejected": f"{i}-rejected.png"})
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = Trainer(_config(tmp_path / "out", "diffusion-dpo", "sd3", offline_pairs=str(tmp_path),
+                              checkpoint_every=0))
+    pairs = trainer.offline
+    assert len(pairs) == 2 and pairs.x0.shape[1:] == (2, 4, 8, 8)
+    red = pairs.x0[0, 0]
+    expected = trainer.model.family.encode_images(torch.tensor([[[[220 / 255]], [[20 / 255]], [[20 / 255]]]]).expand(
+        1, 3, 16, 16))[0]
+    torch.testing.assert_close(red, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        _, r = trainer.noised_pair_loss(pairs, torch.Generator().manual_seed(0))
+    assert torch.all(r == 0)
+    trainer.train()
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 1
