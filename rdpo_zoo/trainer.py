@@ -49,7 +49,8 @@ from rdpo_zoo.run_folder import atomic_write_text as _atomic_write_text  # noqa:
 from rdpo_zoo.checkpoints import (  # noqa: E402
     STATE_FILE, read_checkpoint, trim_metrics, write_checkpoint, write_lora,
 )
-from rdpo_zoo.rollout_modes import ROLLOUT_TABLE, rollout_mode  # noqa: E402
+from rdpo_zoo.combination import check_combination, check_estimator_kind, resolve_guidance  # noqa: E402
+from rdpo_zoo.rollout_modes import rollout_mode  # noqa: E402
 
 from rdpo_zoo.train_eval import EVAL_GRID_IMAGES  # noqa: E402,F401 (public here before train_eval existed)
 
@@ -84,7 +85,7 @@ class Trainer:
         self.method, self.run = config.method, config.run
         self.registry = registry or get_registry()
         m, run = self.method, self.run
-        self._check_combination()
+        check_combination(self.method, self.registry)
         self.output_dir = Path(run.output_dir)
         trackers = _trackers(run.report_to, self.output_dir)
         self.accelerator = accelerator or Accelerator(
@@ -99,19 +100,19 @@ class Trainer:
         mode = rollout_mode(m.rollout)
         if m.estimator is not None and mode.yields != "samples":
             self.estimator = self.registry.get("estimator", m.estimator).build(m.estimator_options)
-            _check_estimator_kind(m, self.estimator, pairwise=True)
+            check_estimator_kind(m, self.estimator, pairwise=True)
         loss_part = self.registry.get("loss", m.loss)
         self.per_sample = mode.yields == "samples"
         if self.per_sample:
             self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
             self.kl_convention = self.pg_loss.reference_kl(self.pg_options) if self.pg_loss.reference_kl else None
             self.advantages = self.registry.get("estimator", m.estimator or "advantage").build(m.estimator_options)
-            _check_estimator_kind(m, self.advantages, pairwise=False)
+            check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
         else:
             self.objective = build_loss(loss_part, m.loss_options, m.penalty, m.penalty_options or None,
                                         registry=self.registry)
-        self.guided = self._resolve_guidance()
+        self.guided = resolve_guidance(self.method, self.reward, self.run.reward)
         self._build_model()
         self._build_optimiser()
         self.prompts = self._prompt_set(run.prompts)
@@ -143,59 +144,6 @@ class Trainer:
             changed = check_resumed_settings(data, self.config.to_dict(), stored, self.output_dir)
             if changed and self.accelerator.is_main_process:
                 logger.info("resume: settings changed since the run began: %s", "; ".join(changed))
-
-    def _resolve_guidance(self) -> bool:
-        """TailorPO-G's gradient guidance: explicit on/off, or auto (None): on for a branching rollout with a
-        differentiable reward (RDPO = RDPO* + Ψ is built on TailorPO-G), else off. On where it cannot act is refused."""
-        wanted, rollout = self.method.gradient_guidance, self.method.rollout
-        branching, differentiable = rollout_mode(rollout).branching, self.reward.differentiable
-        if wanted is None:
-            guided = branching and differentiable
-            logger.info("gradient guidance: auto -> %s (%s rollout, reward %r %s differentiable)",
-                        "on" if guided else "off", rollout, self.run.reward, "is" if differentiable else "is not")
-            return guided
-        if wanted and not branching:
-            raise ValueError(f"gradient_guidance: TailorPO-G guidance moves the preferred child of a branching "
-                             f"rollout; rollout {rollout!r} has none (pass --gradient-guidance false or auto)")
-        if wanted and not differentiable:
-            blocking = [n for n, _, r in getattr(self.reward, "parts", ()) if not r.differentiable]
-            what = (f"part {blocking[0]!r} of {self.run.reward!r}" if blocking else repr(self.run.reward))
-            raise ValueError(f"reward: {what} has no differentiable form, so it cannot drive the "
-                             "gradient guidance this method uses (TailorPO-G); choose a differentiable reward or pass "
-                             "--gradient-guidance false (or auto)")
-        return bool(wanted)
-
-    def _check_combination(self) -> None:
-        from rdpo_zoo.losses import PolicyGradientLoss
-
-        m = self.method
-        rollout, mode = m.rollout, rollout_mode(m.rollout)
-        # the per-sample path is chosen by the loss's type, so a plugin's PolicyGradientLoss takes it too
-        per_sample_loss = isinstance(self.registry.get("loss", m.loss).load(), PolicyGradientLoss)
-        if mode.yields == "samples" and not per_sample_loss:
-            raise ValueError(f"loss: rollout {rollout!r} (DDPO, GRPO) trains a per-sample policy-gradient loss (ppo-clip, "
-                             f"grpo), not the pairwise {m.loss!r}")
-        if mode.yields != "samples" and per_sample_loss:
-            raise ValueError(f"loss: {m.loss!r} is a per-sample policy-gradient loss; it needs rollout 'single' (or "
-                             f"another single-trajectory rollout), not {rollout!r}")
-        if m.group_size > 1 and mode.yields != "samples":
-            raise ValueError(f"group_size: groups of trajectories per prompt are a single-trajectory rollout's "
-                             f"(GRPO); rollout {rollout!r} forms pairs")
-        if mode.needs_estimator and m.estimator is None:
-            raise ValueError(f"estimator: rollout {rollout!r} needs an estimator to label its pairs")
-        if mode.needs_sampler and m.scheduler is None:
-            raise ValueError(f"scheduler: rollout {rollout!r} samples chains, so it needs a sampler (ddim or ddpm)")
-        if not mode.branching and m.estimator == "delta-q" and (m.estimator_options or {}).get(
-                "variant") == "lookahead":
-            raise ValueError(f"estimator: delta-q's lookahead variant needs a branching rollout, not {rollout!r}")
-        if m.train_timesteps == "uniform" and mode.yields != "noised-pairs":
-            raise ValueError(f"train_timesteps: 'uniform' (t ~ U, noised pairs) does not fit rollout {rollout!r}")
-        if mode.yields == "noised-pairs" and m.estimator not in (None, "final-order"):
-            raise ValueError("estimator: noised pairs are labelled by their final images: use final-order")
-        if m.optimiser_step == "trajectory" and not mode.records_trajectory:
-            recording = [name for name, other in ROLLOUT_TABLE.items() if other.records_trajectory]
-            raise ValueError(f"optimiser_step: 'trajectory' steps once per trajectory, which only the rollouts "
-                             f"{', '.join(recording)} record; rollout {rollout!r} does not")
 
     def _policy_gradient_loss(self, loss_part):
         from rdpo_zoo.parts import LOSS_COMMON_OPTIONS
@@ -712,19 +660,6 @@ def _trackers(report_to: str, output_dir: Path) -> list:
     from accelerate.tracking import WandBTracker
 
     return [WandBTracker("rdpo-zoo", mode=os.environ.get("WANDB_MODE", "offline"), dir=str(output_dir))]
-
-
-def _check_estimator_kind(method, estimator, pairwise: bool) -> None:
-    """A pair rollout needs a step-pair estimator; a single-trajectory rollout a per-sample advantage (DDPO's)."""
-    from rdpo_zoo.estimators import Estimator
-
-    if pairwise and not isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method.estimator!r} scores single trajectories (rollout single, loss "
-                         f"ppo-clip); rollout {method.rollout!r} needs a step-pair estimator such as delta-q, "
-                         "x0-hat or final-order")
-    if not pairwise and isinstance(estimator, Estimator):
-        raise ValueError(f"estimator: {method.estimator!r} labels step pairs; rollout 'single' needs a "
-                         "per-sample advantage estimator (advantage)")
 
 
 #: what ``optimise`` averages over its minibatches
