@@ -206,7 +206,8 @@ def step_coefficients(
             it (a negative value means "past the end": DDIM's ``final_alpha_cumprod``, DDPM's 1).
         eta: DDIM's η, as ``DDIMScheduler.step`` takes it (0 = deterministic, σ = 0; 1 = DDPM-like). DDPM has
             no η: pass ``None`` or 0.0 (the default); any other value is refused. For a flow scheduler, the SDE's
-            noise level (``sde`` given and ``eta=None``: 0.7, Flow-GRPO's).
+            noise level: the default 0.0 is the deterministic Euler step whatever the ``sde``, ``eta=None`` with
+            an ``sde`` is 0.7 (Flow-GRPO's).
         sde: flow schedulers only: ``"flow-sde"`` (Flow-GRPO), ``"dance-sde"`` (DanceGRPO) or ``"cps"``; None
             with η 0 is diffusers' own Euler step. Refused for DDIM/DDPM.
 
