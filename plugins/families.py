@@ -1,5 +1,5 @@
-"""Built-in model families (``sd``, ``sdxl``) and step families (``ddim``, ``ddpm``; ``flow-sde``, ``dance-sde``, ``cps``
-for flow-matching schedulers): the implementations of
+"""Built-in model families (``sd``, ``sdxl``; ``sd3``, ``flux`` for flow-matching transformers) and step families
+(``ddim``, ``ddpm``; ``flow-sde``, ``dance-sde``, ``cps`` for flow-matching schedulers): the implementations of
 the two seams, :mod:`rdpo_zoo.families` and :mod:`rdpo_zoo.steps`. Factories are import strings, so listing them
 imports no torch."""
 
@@ -15,6 +15,11 @@ def register_model_families(register):
                                    "tiny model)", "rdpo_zoo.families:SDFamily"))
     register(ModelFamilyPart("sdxl", "Stable Diffusion XL-shaped UNet pipelines (two text encoders, pooled "
                                      "embeddings and size ids)", "rdpo_zoo.families:SDXLFamily"))
+    register(ModelFamilyPart("sd3", "Stable Diffusion 3 / 3.5-shaped pipelines (MMDiT transformer, pooled "
+                                    "projections, CFG; flow matching)", "rdpo_zoo.flow_families:SD3Family"))
+    register(ModelFamilyPart("flux", "FLUX.1-shaped pipelines (transformer on packed latents, position ids, "
+                                     "guidance embedding instead of CFG; flow matching)",
+                             "rdpo_zoo.flow_families:FluxFamily"))
 
 
 @rdpo_zoo.hookimpl

@@ -66,7 +66,11 @@ class DiffusionModel:
         if sampler not in registry.names("step-family"):
             raise ValueError(f"sampler: expected a step family, one of {tuple(registry.names('step-family'))}, "
                              f"got {sampler!r}")
-        self.steps = registry.get("step-family", sampler).build_family(self.family.scheduler_config, num_steps, eta)
+        self.resolution = resolution or self.family.default_resolution()
+        self.family.latent_shape(self.resolution)  # a resolution the family cannot make is refused here
+        self.steps = registry.get("step-family", sampler).build_family(
+            self.family.scheduler_config, num_steps, eta,
+            schedule=self.family.step_options(self.resolution, num_steps))  # e.g. FLUX's resolution shift
         self.sampler = sampler
         self.scheduler = self.steps.scheduler
         self.eta = self.steps.eta
@@ -74,8 +78,6 @@ class DiffusionModel:
         self.num_steps = num_steps
         self.guidance_scale = float(guidance_scale)
         self.family.guidance_scale = self.guidance_scale  # a family without CFG hands it to its network
-        self.resolution = resolution or self.family.default_resolution()
-        self.family.latent_shape(self.resolution)  # a resolution the family cannot make is refused here
         self.unet_calls = 0  # samples evaluated by the denoiser (a CFG pair counts 2): the compute budget's unit
         self._coefficients = {}
         self._coefficient_table: Optional[torch.Tensor] = None

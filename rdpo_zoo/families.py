@@ -82,6 +82,12 @@ class ModelFamily:
     def default_resolution(self) -> int:
         raise NotImplementedError
 
+    def step_options(self, resolution: int, num_steps: int) -> dict:
+        """What the pipeline passes to its scheduler's ``set_timesteps`` besides the number of steps, handed to the
+        step family as keyword arguments: none here; FLUX's resolution-dependent ``mu`` and its ``sigmas``
+        (:mod:`rdpo_zoo.flow_families`)."""
+        return {}
+
     def prepare(self, device, weight_dtype: torch.dtype) -> None:
         """Freeze every component and move it to ``device`` (in ``weight_dtype``, but the fp32 ones)."""
         from rdpo_zoo.quiet import quiet_loading

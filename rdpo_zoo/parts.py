@@ -625,8 +625,10 @@ class StepFamilyPart(Part):
     def load(self):
         return _load_subclass(self, "rdpo_zoo.steps:StepFamily")
 
-    def build_family(self, scheduler_config: dict, num_steps: int, eta=None, options=None):
-        return self.load()(scheduler_config, num_steps, eta, **self.parse_options(options))
+    def build_family(self, scheduler_config: dict, num_steps: int, eta=None, options=None, schedule=None):
+        """``cls(scheduler_config, num_steps, eta, **options, **schedule)``: ``options`` are the part's own (typed
+        and checked); ``schedule`` is the model family's ``step_options`` (e.g. FLUX's ``mu`` and ``sigmas``)."""
+        return self.load()(scheduler_config, num_steps, eta, **self.parse_options(options), **(schedule or {}))
 
     def build(self, options=None):
         raise TypeError(f"{self.label}: a step family needs a scheduler config: build_family(config, num_steps, eta)")
