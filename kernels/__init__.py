@@ -24,8 +24,6 @@ reference backend works) without Triton, diffusers, peft or transformers.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import math
 from dataclasses import replace
@@ -35,6 +33,7 @@ import torch
 
 from rdpo_zoo import losses as _losses
 from rdpo_zoo.kernels import custom_ops as _custom_ops  # registers rdpo_zoo::* (torch.compile's path)
+from rdpo_zoo.kernels import loader as _loader  # the kernel modules, imported once; the loss-argument checks
 from rdpo_zoo.reference import DEFAULT_MIN_SIGMA, check_paired_inputs
 from rdpo_zoo.reference import paired_log_ratios as _reference_log_ratios
 
@@ -56,36 +55,10 @@ BACKENDS = ("triton", "reference")
 #: (kept in ``codes.py``, beside the epilogues that read them)
 from rdpo_zoo.kernels.codes import FUSED_LOSSES, FUSED_PENALTIES  # noqa: E402 (the epilogues' codes)
 from rdpo_zoo.kernels.codes import fused_codes as _fused_codes  # noqa: E402
-_triton_modules: Optional[tuple] = None
-_triton_error: Optional[BaseException] = None
-
-
-def _load_triton():
-    """``(log_ratio, fused_loss, lean)`` kernel modules, imported once; ``None`` (and the reason kept) if Triton
-    cannot be imported."""
-    global _triton_modules, _triton_error
-    if _triton_modules is None and _triton_error is None:
-        try:
-            modules = (
-                importlib.import_module("rdpo_zoo.kernels.log_ratio"),
-                importlib.import_module("rdpo_zoo.kernels.fused_loss"),
-            )
-        except ImportError as error:  # triton missing, or a broken install
-            _triton_error = error
-        else:
-            try:  # the lean path is an optimisation: a Triton it cannot work with still runs the kernels
-                lean = importlib.import_module("rdpo_zoo.kernels.lean")
-            except Exception as error:  # noqa: BLE001
-                logger.warning("rdpo_zoo.kernels: the lean launch path is off (%s: %s); every call takes the "
-                               "general path", type(error).__name__, error)
-                lean = None
-            _triton_modules = (*modules, lean)
-    return _triton_modules
-
-
 def triton_status() -> dict:
     """Whether the Triton kernels can be used here: ``{"available", "interpreted", "version", "error"}``."""
-    modules = _load_triton()
+    modules = _loader.load_triton()
+    error = _loader.triton_error
     version = None
     if modules is not None:
         import triton
@@ -95,7 +68,7 @@ def triton_status() -> dict:
         "available": modules is not None,
         "interpreted": bool(modules is not None and modules[0].is_interpreted()),
         "version": version,
-        "error": None if _triton_error is None else f"{type(_triton_error).__name__}: {_triton_error}",
+        "error": None if error is None else f"{type(error).__name__}: {error}",
     }
 
 
@@ -113,11 +86,12 @@ def select_backend(backend: Optional[str], device: torch.device, coefficient_gra
         raise ValueError(f"backend: expected None, 'triton' or 'reference', got {backend!r}")
     if backend == "reference":
         return "reference"
-    modules = _load_triton()
+    modules = _loader.load_triton()
     if backend == "triton":
         if modules is None:
             raise RuntimeError(
-                f"backend='triton': Triton cannot be imported ({type(_triton_error).__name__}: {_triton_error}); "
+                f"backend='triton': Triton cannot be imported "
+                f"({type(_loader.triton_error).__name__}: {_loader.triton_error}); "
                 "install triton (Linux with a CUDA GPU) or use backend='reference'"
             )
         if device.type != "cuda" and not modules[0].runs_cpu_tensors():
@@ -135,7 +109,8 @@ def select_backend(backend: Optional[str], device: torch.device, coefficient_gra
     if device.type != "cuda":
         return "reference"
     if modules is None:
-        logger.debug("rdpo_zoo.kernels: Triton unavailable (%s); running the reference on %s", _triton_error, device)
+        logger.debug("rdpo_zoo.kernels: Triton unavailable (%s); running the reference on %s", _loader.triton_error,
+                     device)
         return "reference"
     if coefficient_grad is not None:
         logger.debug("rdpo_zoo.kernels: %s requires grad; running the reference (the kernels do not "
@@ -150,7 +125,7 @@ class use_lean_path:
     both). On by default."""
 
     def __init__(self, enabled: bool = True):
-        modules = _load_triton()
+        modules = _loader.load_triton()
         self._flag = modules[2].ENABLED if modules is not None and modules[2] is not None else {"on": False}
         self._saved = self._flag["on"]
         self._flag["on"] = bool(enabled)
@@ -165,7 +140,7 @@ class use_lean_path:
 
 def _lean():
     """The lean-path module when Triton is importable, else ``None`` (cheap after the first call)."""
-    modules = _triton_modules if _triton_modules is not None else _load_triton()
+    modules = _loader.load_triton()
     return None if modules is None else modules[2]
 
 
@@ -201,7 +176,7 @@ def paired_log_ratios(
     chosen = select_backend(backend, spec.device, _coefficients_need_grad(a, b, sigma))
     if chosen == "reference":
         return _reference_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-    log_ratio, _, _ = _load_triton()
+    log_ratio, _, _ = _loader.load_triton()
     return log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
 
 
@@ -211,30 +186,6 @@ def fused_loss_path(loss="dpo", penalty=None) -> str:
     loss_obj, penalty_obj = _losses.resolve_loss(loss, penalty)
     _, _, reason = _fused_codes(loss_obj, penalty_obj)
     return "fused" if reason is None else f"fallback: {reason}; the reference loss runs on the fused log-ratios"
-
-
-def _check_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps):
-    """The reference's own checks, in the reference's order (so the errors are the same)."""
-    loss_obj, penalty_obj = _losses.resolve_loss(loss, penalty)
-    beta = _losses._check_number("beta", beta, 0.0, strict=True)
-    psi_lambda = _losses._check_number("psi_lambda", psi_lambda, 0.0)
-    _losses.check_placement(placement)
-    _losses.check_clamp_eps(clamp_eps)
-    return loss_obj, penalty_obj, beta, psi_lambda
-
-
-_check_loss_arguments_cached = functools.lru_cache(maxsize=256, typed=True)(_check_loss_arguments)
-
-
-def _validate_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps):
-    """``_check_loss_arguments``, remembered for arguments seen before (a training loop repeats them; the checks
-    cost ~20 µs of CPU tensor work). ``typed``: ``True`` is not ``1``. Errors are never cached."""
-    try:
-        return _check_loss_arguments_cached(loss, beta, penalty, psi_lambda, placement, clamp_eps)
-    except TypeError as error:
-        if "unhashable" not in str(error):
-            raise
-        return _check_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps)
 
 
 def preference_loss(
@@ -278,7 +229,7 @@ def preference_loss(
         if out is not NotImplemented:
             return out
     spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-    loss_obj, penalty_obj, beta, psi_lambda = _validate_loss_arguments(
+    loss_obj, penalty_obj, beta, psi_lambda = _loader.validate_loss_arguments(
         loss, beta, penalty, psi_lambda, placement, clamp_eps
     )
     chosen = select_backend(backend, spec.device, _coefficients_need_grad(a, b, sigma))
@@ -286,7 +237,7 @@ def preference_loss(
     if chosen == "triton":
         loss_code, penalty_code, reason = _fused_codes(loss_obj, penalty_obj)
         if reason is None:
-            _, kernel_losses, _ = _load_triton()
+            _, kernel_losses, _ = _loader.load_triton()
             bounds = None if clamp_eps is None else (math.log1p(-clamp_eps), math.log1p(clamp_eps))
             value, r = kernel_losses.preference_loss_triton(
                 y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction, loss_code, penalty_code,
@@ -294,7 +245,7 @@ def preference_loss(
             )
             return (value, r) if return_log_ratios else value
         logger.debug("rdpo_zoo.kernels.preference_loss: %s; the reference loss runs on the fused log-ratios", reason)
-        log_ratio, _, _ = _load_triton()
+        log_ratio, _, _ = _loader.load_triton()
         log_ratios = log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
     else:
         log_ratios = _reference_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)

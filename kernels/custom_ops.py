@@ -34,6 +34,7 @@ from rdpo_zoo.reference import PairedInputs, check_paired_inputs, check_paired_t
 __all__ = ["paired_log_ratios_op", "fused_preference_loss_op", "paired_log_ratios_backward_op",
            "paired_log_ratios_compiled", "preference_loss_compiled"]
 
+from . import loader as _loader  # noqa: E402
 from .codes import LOSS_NAMES as _LOSS_NAMES  # noqa: E402 (the epilogue below switches on the same codes)
 from .codes import PENALTY_NAMES as _PENALTY_NAMES  # noqa: E402
 from .codes import fused_codes as _fused_codes  # noqa: E402
@@ -46,9 +47,7 @@ def _compute_dtype(*tensors) -> torch.dtype:
 def _use_triton(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
-    from rdpo_zoo import kernels
-
-    return kernels._load_triton() is not None
+    return _loader.load_triton() is not None
 
 
 def _spec_from_coef(y, coef: Tensor) -> PairedInputs:
@@ -300,10 +299,8 @@ def paired_log_ratios_compiled(y, x_t, o_theta, o_ref, a, b, sigma, reduction, m
 
 def preference_loss_compiled(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda, placement,
                              clamp_eps, reduction, min_sigma, return_log_ratios, options):
-    from rdpo_zoo import kernels
-
     check_paired_tensors(y, x_t, o_theta, o_ref, reduction, min_sigma)
-    loss_obj, penalty_obj, beta, psi_lambda = kernels._check_loss_arguments(loss, beta, penalty, psi_lambda,
+    loss_obj, penalty_obj, beta, psi_lambda = _loader.check_loss_arguments(loss, beta, penalty, psi_lambda,
                                                                             placement, clamp_eps)
     a, b, sigma = _coefficients(a, b, sigma, y.device)
     loss_code, penalty_code, reason = _fused_codes(loss_obj, penalty_obj)

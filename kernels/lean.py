@@ -38,6 +38,7 @@ from triton.runtime.driver import driver
 
 from rdpo_zoo.reference import check_paired_inputs
 
+from . import loader as _loader
 from . import log_ratio as LR
 from . import fused_loss as FL
 
@@ -527,7 +528,7 @@ def try_preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty
 
         # the general path's checks, in its order: the exact errors (raised, never cached)
         spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-        loss_obj, penalty_obj, beta_, lam = kernels._validate_loss_arguments(loss, beta, penalty, psi_lambda,
+        loss_obj, penalty_obj, beta_, lam = _loader.validate_loss_arguments(loss, beta, penalty, psi_lambda,
                                                                              placement, clamp_eps)
         if kernels.select_backend(backend, spec.device, None) != "triton":
             return None

@@ -738,8 +738,10 @@ def test_dispatch_rules(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         K.paired_log_ratios(y, x, ot, orf, 0.5, 1.0, 0.5, backend="triton")
     # no Triton at all: the reference on auto, a clear error on triton
-    monkeypatch.setattr(K, "_load_triton", lambda: None)
-    monkeypatch.setattr(K, "_triton_error", ImportError("No module named 'triton'"))
+    from rdpo_zoo.kernels import loader
+
+    monkeypatch.setattr(loader, "load_triton", lambda: None)
+    monkeypatch.setattr(loader, "triton_error", ImportError("No module named 'triton'"))
     with pytest.raises(RuntimeError, match="Triton cannot be imported"):
         K.preference_loss(y, x, ot, orf, 0.5, 1.0, 0.5, backend="triton")
     assert K.select_backend(None, torch.device("cuda", 0)) == "reference"
