@@ -195,8 +195,8 @@ PRESETS = [
                 "kl_beta": 0.04,  # config/grpo.py train.beta 0.04 (0.01 for some rewards; 0 in base.py)
                 "kl": "public",  # train_sd3.py: ÷ 2·std_dev_t², |dt| times the exact KL (docs/grpo.md): β transfers
             },
-            scheduler="ddim",  # on SD models: DDPO's DDIM sampler with a log-prob (the flow-sde step family, the
-            # public sampler, is for flow models and does not exist here yet)
+            scheduler="ddim",  # on SD models: DDPO's DDIM sampler with a log-prob; on flow models pass the public
+            # sampler, --scheduler flow-sde --eta 0.7 (DDIM refuses a flow-matching schedule)
             eta=1.0,  # DDIM η = 1 (DDPO); Flow-GRPO's noise_level 0.7 is the flow-sde's η, which has no DDIM meaning
             num_steps=10,  # config/base.py sample.num_steps 10 (training rollouts; evaluation uses 40)
             guidance_scale=4.5,  # config/base.py sample.guidance_scale 4.5
