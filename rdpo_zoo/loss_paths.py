@@ -69,7 +69,7 @@ class StepPairLossPath(_LossPath):
         return preference_loss(
             pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
             o_ref.reshape(*shape), a, b, sigma, reduction=self.reduction,
-            backend=self.backend, return_log_ratios=True, **self.objective.kwargs(),
+            backend=self.backend, return_log_ratios=True, objective=self.objective,
         )
 
     def minibatch_loss(self, part, steps, stats: dict, noise: Callable[[], torch.Generator], first: bool,
@@ -113,8 +113,7 @@ class NoisedPairLossPath(StepPairLossPath):
         target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
         return preference_loss(
             target, None, o_theta.reshape(P, 2, -1), o_ref.reshape(P, 2, -1), 0.0, 1.0, 1.0,
-            reduction=self.reduction, backend=self.backend, return_log_ratios=True,
-            **self.objective.kwargs(),
+            reduction=self.reduction, backend=self.backend, return_log_ratios=True, objective=self.objective,
         )
 
     def minibatch_loss(self, part, steps, stats: dict, noise: Callable[[], torch.Generator], first: bool,
