@@ -206,10 +206,16 @@ def preference_loss(
     min_sigma: float = DEFAULT_MIN_SIGMA,
     backend: Optional[str] = None,
     return_log_ratios: bool = False,
+    objective=None,
     **options: float,
 ):
     """The batch preference loss over pairs: ``rdpo_zoo.losses.preference_loss`` applied to
     ``rdpo_zoo.reference.paired_log_ratios`` (same arguments, same errors), fused.
+
+    The loss is given either by its keywords (``loss``, ``beta``, ``penalty``, ``psi_lambda``, ``placement``,
+    ``clamp_eps``, ``**options``: checked here, as the reference checks them) or as ``objective=``, a resolved
+    ``rdpo_zoo.Objective`` (``rdpo_zoo.build_loss``; the trainer passes its own), whose values were checked when it
+    was built and are taken as they are (the loss keywords then stay at their defaults).
 
     With ``return_log_ratios=True`` returns ``(loss, r)``, ``r`` the detached ``[P, 2]`` log-ratios (for metrics).
     On Triton, a loss or penalty without a fused form (``fused=None``, e.g. a third-party plugin's) runs the
@@ -218,22 +224,30 @@ def preference_loss(
     Eager calls with the coefficients as numbers or CPU tensors take the lean launch path (``kernels/lean.py``);
     under ``torch.compile`` the call is the custom op ``rdpo_zoo::fused_preference_loss`` (``kernels/custom_ops.py``).
     """
-    if torch.compiler.is_compiling():
+    resolved = objective is not None
+    if resolved:
+        loss, penalty, beta, psi_lambda, placement, clamp_eps, options = _loader.objective_arguments(
+            objective, dict(loss=loss, beta=beta, penalty=penalty, psi_lambda=psi_lambda, placement=placement,
+                            clamp_eps=clamp_eps), options)
+    if torch.compiler.is_compiling():  # the custom op takes plain arguments (and checks them where it runs)
         return _custom_ops.preference_loss_compiled(
             y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda, placement, clamp_eps, reduction,
             min_sigma, return_log_ratios, options)
     lean = _lean()
     if lean is not None:
         out = lean.try_preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda,
-                                       placement, clamp_eps, reduction, min_sigma, backend, return_log_ratios, options)
+                                       placement, clamp_eps, reduction, min_sigma, backend, return_log_ratios, options,
+                                       resolved)
         if out is not NotImplemented:
             return out
     spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-    loss_obj, penalty_obj, beta, psi_lambda = _loader.validate_loss_arguments(
-        loss, beta, penalty, psi_lambda, placement, clamp_eps
-    )
+    if resolved:
+        loss_obj, penalty_obj = loss, penalty
+    else:
+        loss_obj, penalty_obj, beta, psi_lambda = _loader.validate_loss_arguments(
+            loss, beta, penalty, psi_lambda, placement, clamp_eps
+        )
     chosen = select_backend(backend, spec.device, _coefficients_need_grad(a, b, sigma))
-    kwargs = dict(penalty=penalty_obj, psi_lambda=psi_lambda, placement=placement, clamp_eps=clamp_eps, **options)
     if chosen == "triton":
         loss_code, penalty_code, reason = _fused_codes(loss_obj, penalty_obj)
         if reason is None:
@@ -249,5 +263,10 @@ def preference_loss(
         log_ratios = log_ratio.paired_log_ratios_triton(y, x_t, o_theta, o_ref, _kernel_spec(spec), reduction)
     else:
         log_ratios = _reference_log_ratios(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-    value = _losses.preference_loss(log_ratios, loss_obj, beta, **kwargs)
+    if resolved:
+        value = _losses.resolved_pairwise_losses(log_ratios, loss_obj, beta, penalty_obj, psi_lambda, placement,
+                                                 clamp_eps, options).mean()
+    else:
+        value = _losses.preference_loss(log_ratios, loss_obj, beta, penalty=penalty_obj, psi_lambda=psi_lambda,
+                                        placement=placement, clamp_eps=clamp_eps, **options)
     return (value, log_ratios.detach()) if return_log_ratios else value

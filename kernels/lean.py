@@ -512,7 +512,9 @@ def _coefficients_need_grad(a, b, sigma) -> bool:
 
 
 def try_preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty, psi_lambda, placement, clamp_eps,
-                        reduction, min_sigma, backend, return_log_ratios, options):
+                        reduction, min_sigma, backend, return_log_ratios, options, resolved: bool = False):
+    """The lean launch of ``kernels.preference_loss``, or ``NotImplemented`` (the general path runs). ``resolved``:
+    the loss arguments are a checked ``Objective``'s (``loss`` and ``penalty`` its formulas), not checked again."""
     if not ENABLED["on"] or options or backend not in (None, "triton"):
         return NotImplemented
     key = _key("loss", (loss, beta, penalty, psi_lambda, placement, clamp_eps), y, x_t, o_theta, o_ref, reduction,
@@ -528,8 +530,11 @@ def try_preference_loss(y, x_t, o_theta, o_ref, a, b, sigma, loss, beta, penalty
 
         # the general path's checks, in its order: the exact errors (raised, never cached)
         spec = check_paired_inputs(y, x_t, o_theta, o_ref, a, b, sigma, reduction, min_sigma)
-        loss_obj, penalty_obj, beta_, lam = _loader.validate_loss_arguments(loss, beta, penalty, psi_lambda,
-                                                                             placement, clamp_eps)
+        if resolved:
+            loss_obj, penalty_obj, beta_, lam = loss, penalty, beta, psi_lambda
+        else:
+            loss_obj, penalty_obj, beta_, lam = _loader.validate_loss_arguments(loss, beta, penalty, psi_lambda,
+                                                                                 placement, clamp_eps)
         if kernels.select_backend(backend, spec.device, None) != "triton":
             return None
         loss_code, penalty_code, reason = kernels._fused_codes(loss_obj, penalty_obj)

@@ -64,3 +64,30 @@ def validate_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_ep
         if "unhashable" not in str(error):
             raise
         return check_loss_arguments(loss, beta, penalty, psi_lambda, placement, clamp_eps)
+
+
+#: ``preference_loss``'s loss keywords and their defaults: left as they are when an ``objective=`` is given
+LOSS_KEYWORD_DEFAULTS = {"loss": "dpo", "beta": 0.1, "penalty": None, "psi_lambda": 0.0, "placement": "inside",
+                         "clamp_eps": None}
+
+
+def objective_arguments(objective, given: dict, options: dict):
+    """``(loss_obj, penalty_obj, beta, psi_lambda, placement, clamp_eps, options)`` of a resolved
+    ``rdpo_zoo.resolve.Objective``, whose values were checked when it was built: nothing is checked again but that
+    it is one, that its loss is pairwise and that no loss keyword (``given``: name -> value) or option comes beside
+    it."""
+    from rdpo_zoo.resolve import Objective
+
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective: expected an rdpo_zoo.Objective (rdpo_zoo.build_loss), got "
+                        f"{type(objective).__name__}")
+    beside = [name for name, value in given.items() if value is not LOSS_KEYWORD_DEFAULTS[name]
+              and value != LOSS_KEYWORD_DEFAULTS[name]] + sorted(options)
+    if beside:
+        raise ValueError(f"objective: given with {', '.join(beside)}; the Objective holds the loss's settings, so "
+                         "pass either objective= or the loss keywords, not both")
+    if not isinstance(objective.loss, _losses.PairwiseLoss):
+        raise TypeError(f"objective: its loss {objective.loss_name!r} is a {type(objective.loss).__name__}, not a "
+                        "pairwise loss (a per-sample policy-gradient loss has no preference loss over pairs)")
+    return (objective.loss, objective.penalty, objective.beta, objective.psi_lambda, objective.placement,
+            objective.clamp_eps, dict(objective.options))

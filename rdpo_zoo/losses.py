@@ -258,6 +258,15 @@ def pairwise_losses(
     loss_obj, penalty_obj = resolve_loss(loss, penalty)
     beta = _check_number("beta", beta, 0.0, strict=True)
     psi_lambda = _check_number("psi_lambda", psi_lambda, 0.0)
+    return resolved_pairwise_losses(log_ratios, loss_obj, beta, penalty_obj, psi_lambda, placement, clamp_eps,
+                                    options)
+
+
+def resolved_pairwise_losses(log_ratios: torch.Tensor, loss_obj: PairwiseLoss, beta: float,
+                             penalty_obj: Optional[Penalty], psi_lambda: float, placement: str,
+                             clamp_eps: Optional[float], options: Mapping) -> torch.Tensor:
+    """:func:`pairwise_losses` past its argument checks: the formulas already resolved and β, λ already checked
+    floats (by ``pairwise_losses``, or when a ``rdpo_zoo.resolve.Objective`` was built)."""
     z, r_w, r_l, penalty_value = preference_margin(log_ratios, beta, penalty_obj, psi_lambda, placement, clamp_eps)
     per_pair = loss_obj.fn(LossInputs(z, r_w, r_l, beta, dict(options)))
     if penalty_obj is not None and placement == "outside":

@@ -24,6 +24,10 @@ class Objective:
     ``loss`` and ``penalty`` are the formulas (``PairwiseLoss``, ``Penalty``); ``options`` the loss's own options
     (they reach the formula as ``LossInputs.options``); ``fused`` the kernel forms ``(loss, penalty)`` when both
     have one, else ``None`` (then the PyTorch form is the only one).
+
+    Its values are checked once, when it is built (β > 0, λ ≥ 0, the placement, the clamp's ε, the penalty's
+    type), with ``rdpo_zoo.losses``' own checks and errors; ``rdpo_zoo.kernels.preference_loss(..., objective=obj)``
+    then takes it as it is, with no second check.
     """
 
     loss_name: str
@@ -35,6 +39,17 @@ class Objective:
     penalty: Any = None
     psi_lambda: float = 0.0
     placement: str = "inside"
+
+    def __post_init__(self):
+        from rdpo_zoo import losses
+
+        # the checks of rdpo_zoo.losses.pairwise_losses, in its order, so that the errors are the same
+        if self.penalty is not None and not isinstance(self.penalty, losses.Penalty):
+            raise TypeError(f"penalty: expected an rdpo_zoo.losses.Penalty or None, got {type(self.penalty).__name__}")
+        object.__setattr__(self, "beta", losses._check_number("beta", self.beta, 0.0, strict=True))
+        object.__setattr__(self, "psi_lambda", losses._check_number("psi_lambda", self.psi_lambda, 0.0))
+        losses.check_placement(self.placement)
+        losses.check_clamp_eps(self.clamp_eps)
 
     @property
     def fused(self) -> Optional[tuple]:

@@ -1,6 +1,9 @@
 """One trainer for every method: rollout (sampler + estimator → labelled step pairs) alternating with optimisation
 (the loss over the collected pairs) of a peft LoRA on the denoiser, with accelerate.
 
+This module holds the set-up and the loop; the loss of a minibatch (step pairs, noised pairs, or per-sample policy
+gradient) is a loss path of :mod:`rdpo_zoo.loss_paths`, chosen at set-up.
+
 The policy is the pipeline's denoiser (the model family's: ``rdpo_zoo.families``) with a LoRA adapter; the
 reference policy is the same denoiser with the adapter
 disabled (no second copy of the weights). Only LoRA parameters train; the text encoder(s) and the VAE are frozen.
@@ -50,6 +53,7 @@ from rdpo_zoo.checkpoints import (  # noqa: E402
     STATE_FILE, read_checkpoint, trim_metrics, write_checkpoint, write_lora,
 )
 from rdpo_zoo.combination import check_combination, check_estimator_kind, resolve_guidance  # noqa: E402
+from rdpo_zoo.loss_paths import build_loss_path, policy_gradient_loss  # noqa: E402
 from rdpo_zoo.rollout_modes import rollout_mode  # noqa: E402
 
 from rdpo_zoo.train_eval import EVAL_GRID_IMAGES  # noqa: E402,F401 (public here before train_eval existed)
@@ -103,9 +107,9 @@ class Trainer:
             check_estimator_kind(m, self.estimator, pairwise=True)
         loss_part = self.registry.get("loss", m.loss)
         self.per_sample = mode.yields == "samples"
+        pg_options = None
         if self.per_sample:
-            self.pg_loss, self.pg_options = self._policy_gradient_loss(loss_part)
-            self.kl_convention = self.pg_loss.reference_kl(self.pg_options) if self.pg_loss.reference_kl else None
+            pg_loss, pg_options = policy_gradient_loss(loss_part, m.loss_options)
             self.advantages = self.registry.get("estimator", m.estimator or "advantage").build(m.estimator_options)
             check_estimator_kind(m, self.advantages, pairwise=False)
             self.objective = None
@@ -115,6 +119,10 @@ class Trainer:
         self.guided = resolve_guidance(self.method, self.reward, self.run.reward)
         self._build_model()
         self._build_optimiser()
+        #: the minibatch loss (rdpo_zoo.loss_paths), by the loss's type and what the rollout yields
+        self.loss_path = build_loss_path(pg_loss if self.per_sample else self.objective, mode.yields, self.model,
+                                         self.train_denoiser, self.accelerator, m.reduction, run.kernel_backend,
+                                         pg_options)
         self.prompts = self._prompt_set(run.prompts)
         self.offline = None
         if run.offline_pairs is not None:
@@ -144,14 +152,6 @@ class Trainer:
             changed = check_resumed_settings(data, self.config.to_dict(), stored, self.output_dir)
             if changed and self.accelerator.is_main_process:
                 logger.info("resume: settings changed since the run began: %s", "; ".join(changed))
-
-    def _policy_gradient_loss(self, loss_part):
-        from rdpo_zoo.parts import LOSS_COMMON_OPTIONS
-
-        options = loss_part.parse_options(self.method.loss_options or {})
-        for common in LOSS_COMMON_OPTIONS:  # β and the pair clamp belong to pairwise losses
-            options.pop(common.name, None)
-        return loss_part.load(), options
 
     def _build_model(self) -> None:
         from peft import LoraConfig
@@ -262,88 +262,23 @@ class Trainer:
         return RolloutResult(pairs.x0[:, 0], torch.empty(0), values, list(pairs.cond.prompts) * 2, pairs=pairs,
                              stats={"pairs": len(pairs), "unet_calls": 0})
 
-    def noised_pair_loss(self, pairs, generator: torch.Generator):
-        """Diffusion-DPO's loss on a minibatch of noised pairs: a = 0, b = 1, σ := 1 (see rdpo_zoo.noised_pairs)."""
-        from rdpo_zoo.kernels import preference_loss
-        from rdpo_zoo.noised_pairs import noised_inputs
+    # the loss paths (rdpo_zoo.loss_paths), by name, as before they moved there
+    @property
+    def kl_convention(self) -> Optional[str]:
+        """The per-sample loss's KL to the reference ("exact", "public"), or ``None``."""
+        return getattr(self.loss_path, "kl_convention", None)
 
-        model, obj = self.model, self.objective
-        P = len(pairs)
-        x_t, y, t = noised_inputs(model, pairs.x0, generator)
-        cond2 = pairs.cond.repeat_interleave(2)
-        with self.accelerator.autocast():
-            o_theta = model.guided_output(x_t.flatten(0, 1), None, cond2, denoiser=self.train_denoiser,
-                                          timesteps=t.repeat_interleave(2))
-            with torch.no_grad(), model.reference():
-                o_ref = model.guided_output(x_t.flatten(0, 1), None, cond2, timesteps=t.repeat_interleave(2))
-        target = y.reshape(P, -1) if y.dim() == x_t.dim() - 1 else y.reshape(P, 2, -1)
-        return preference_loss(
-            target, None, o_theta.reshape(P, 2, -1), o_ref.reshape(P, 2, -1), 0.0, 1.0, 1.0,
-            reduction=self.method.reduction, backend=self.run.kernel_backend, return_log_ratios=True,
-            **obj.kwargs(),
-        )
+    def noised_pair_loss(self, pairs, generator: torch.Generator):
+        """Diffusion-DPO's loss on noised pairs: :meth:`rdpo_zoo.loss_paths.NoisedPairLossPath.loss`."""
+        return self.loss_path.loss(pairs, generator)
 
     def pair_loss(self, pairs, steps: Optional[torch.Tensor] = None):
-        """The preference loss of a minibatch of step pairs, and its ``[P, 2]`` log-ratios (detached). ``steps``:
-        the pairs' step indices on the host, if at hand (else read from ``pairs``: one device sync)."""
-        from rdpo_zoo.kernels import preference_loss
-
-        model, obj = self.model, self.objective
-        P = len(pairs)
-        if pairs.shared:
-            x_in, cond_in, index_in = pairs.x_t, pairs.cond, pairs.step_index
-        else:
-            x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
-            index_in = pairs.step_index.repeat_interleave(2)
-        with self.accelerator.autocast():
-            o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=self.train_denoiser)
-            with torch.no_grad(), model.reference():
-                o_ref = model.guided_output(x_in, index_in, cond_in)
-        shape = (P, -1) if pairs.shared else (P, 2, -1)
-        # host coefficients: the fused op checks them on the host and copies them over, with no device sync
-        a, b, sigma = model.coefficient_tensors(pairs.step_index if steps is None else steps)
-        return preference_loss(
-            pairs.y.flatten(2), pairs.x_t.reshape(*shape), o_theta.reshape(*shape),  # the kernels read bf16 as is
-            o_ref.reshape(*shape), a, b, sigma, reduction=self.method.reduction,
-            backend=self.run.kernel_backend, return_log_ratios=True, **obj.kwargs(),
-        )
+        """The preference loss of step pairs and their log-ratios: :meth:`rdpo_zoo.loss_paths.StepPairLossPath.loss`."""
+        return self.loss_path.loss(pairs, steps)
 
     def sample_loss(self, samples, advantages, steps: Optional[torch.Tensor] = None, stats: Optional[dict] = None):
-        """The per-sample policy-gradient loss (DDPO's PPO-clip, GRPO, a plugin's) on a minibatch of
-        single-trajectory transitions; ``advantages`` are the rollout's per-trajectory advantages (indexed by each
-        transition's ``sample_id``); ``steps`` as in ``pair_loss``. When the loss asks for a KL to the reference, one
-        more pass with the adapter disabled gives it. ``stats``: where to append the minibatch's ratio, clip
-        fraction, approximate KL (½·mean (log π_θ − log π_old)², as DDPO and Flow-GRPO log it) and reference KL."""
-        from rdpo_zoo.diffusion import host_to_device
-        from rdpo_zoo.reference import step_kl, step_log_prob
-
-        model = self.model
-        index = samples.step_index if steps is None else steps
-        with self.accelerator.autocast():
-            o_theta = model.guided_output(samples.x_t, samples.step_index, samples.cond, denoiser=self.train_denoiser)
-            if self.kl_convention is not None:
-                with torch.no_grad(), model.reference():
-                    o_ref = model.guided_output(samples.x_t, samples.step_index, samples.cond)
-        a, b, sigma = (host_to_device(v, samples.y.device) for v in model.coefficient_tensors(index))
-        log_prob = step_log_prob(samples.y, samples.x_t, o_theta.float(), a, b, sigma, self.method.reduction)
-        extra = {}
-        if self.kl_convention is not None:
-            dt = host_to_device(model.flow_time_steps(index), samples.y.device) if self.kl_convention == "public" \
-                else None
-            extra["reference_kl"] = step_kl(o_theta.float(), o_ref.float(), b, sigma, self.method.reduction,
-                                            self.kl_convention, dt)
-        per_sample = self.pg_loss.fn(log_prob, samples.log_prob, advantages[samples.sample_id], **self.pg_options,
-                                     **extra)
-        log_ratio = (log_prob - samples.log_prob).detach()
-        if stats is not None:
-            ratio = log_ratio.exp()
-            stats["ratio"].append(ratio.mean())
-            stats["approx_kl"].append(0.5 * log_ratio.square().mean())
-            if "clip_range" in self.pg_options:
-                stats["clip_fraction"].append(((ratio - 1).abs() > self.pg_options["clip_range"]).float().mean())
-            if "reference_kl" in extra:
-                stats["kl"].append(extra["reference_kl"].detach().mean())
-        return per_sample.mean(), log_ratio
+        """The per-sample policy-gradient loss: :meth:`rdpo_zoo.loss_paths.PolicyGradientLossPath.loss`."""
+        return self.loss_path.loss(samples, advantages, steps, stats)
 
     def optimise(self, batch, iteration: int, advantages=None) -> dict:
         """Inner epochs of minibatches over the rollout's pairs (or samples). Every process takes the same number
@@ -383,17 +318,10 @@ class Trainer:
             for mb, index in enumerate(parts):
                 with acc.accumulate(self.train_denoiser):
                     if len(index):
-                        part = batch.select(index)
-                        if rollout_mode(self.method.rollout).yields == "noised-pairs":
-                            loss, r = self.noised_pair_loss(part, self._generator(iteration, 4, epoch, mb))
-                            self._pair_stats(stats, r)
-                        elif self.per_sample:
-                            loss, log_ratio = self.sample_loss(part, advantages, steps[index], stats)
-                            if epoch == 0 and mb == 0:  # before any update this iteration: the sampler, ratio 1
-                                stats["ratio_before_update"].append(log_ratio.exp().mean())
-                        else:
-                            loss, r = self.pair_loss(part, steps[index])
-                            self._pair_stats(stats, r)
+                        loss = self.loss_path.minibatch_loss(
+                            batch.select(index), None if steps is None else steps[index], stats,
+                            noise=lambda: self._generator(iteration, 4, epoch, mb), first=epoch == 0 and mb == 0,
+                            advantages=advantages)
                     else:  # nothing sampled here this time: take part in the gradient sync with a zero loss
                         loss = sum(p.sum() for p in self.trainable) * 0.0
                     acc.backward(loss)
@@ -435,15 +363,6 @@ class Trainer:
                              "do not")
         ids = ids.cpu()
         return [(ids == t).nonzero()[:, 0] for t in ids.unique().tolist()]
-
-    def _pair_stats(self, stats: dict, r: torch.Tensor) -> None:
-        """The pair statistics of a minibatch, as device scalars (fetched with the others at the end)."""
-        r = r.detach().float()
-        r_w, r_l = r[:, 0], r[:, 1]
-        row = torch.stack([r_w.mean(), r_l.mean(), (self.objective.beta * (r_w - r_l)).mean(),
-                           (r_w > r_l).float().mean(), (r_l > 0).float().mean()])
-        for key, value in zip(("r_w", "r_l", "margin", "accuracy", "psi_active"), row.unbind()):
-            stats[key].append(value)
 
     def step(self, iteration: int):
         """One iteration: rollout, optimisation over its pairs (or samples), the scheduler step. Returns the

@@ -153,7 +153,7 @@ def test_sigkill_during_a_save_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(small_config(tmp_path, iterations=3))
-    original = trainer.pair_loss
+    original = trainer.loss_path.loss
     calls = {"n": 0}
 
     def poisoned(pairs, *args):
@@ -161,7 +161,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monk
         calls["n"] += 1
         return (loss * float("nan"), r) if trainer.iteration >= 1 else (loss, r)
 
-    monkeypatch.setattr(trainer, "pair_loss", poisoned)
+    monkeypatch.setattr(trainer.loss_path, "loss", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite loss nan at iteration 1.*checkpoint-000001.*is kept"):
         trainer.train()
     assert latest_checkpoint(tmp_path).name == "checkpoint-000001"
@@ -396,7 +396,7 @@ def test_ddpo_and_d3po_step_once_per_trajectory_with_the_gradient_over_its_steps
         grads.append(torch.cat([p.grad.flatten().clone() for p in trainer.trainable]))
         return original_step(*args, **kwargs)
 
-    original_loss = trainer.sample_loss if per_sample else trainer.pair_loss
+    original_loss = trainer.loss_path.loss
 
     def recording_loss(part, *args):
         seen.append(part)
@@ -409,7 +409,7 @@ def test_ddpo_and_d3po_step_once_per_trajectory_with_the_gradient_over_its_steps
             first_step[t] = torch.stack(per_step).mean(0)  # accumulated over the steps, each divided by their count
         trainer.optimiser.zero_grad(set_to_none=True)
     trainer.optimiser.step = recording_step
-    setattr(trainer, "sample_loss" if per_sample else "pair_loss", recording_loss)
+    trainer.loss_path.loss = recording_loss
     stats = trainer.optimise(batch, iteration=0, advantages=advantages)
     assert stats["optimiser_steps"] == len(grads) == trajectories
     for part in seen:  # each step's minibatch is exactly one trajectory's trained steps
