@@ -41,7 +41,7 @@ import torch
 from rdpo_zoo import world
 from rdpo_zoo.pretrain import _atomic_save, _check_resumable, _Log, _lr, _save_snapshot, _snapshot_dir, _step_seed
 
-__all__ = ["FlowPretrainConfig", "is_flow_run", "run", "build_pipeline", "export", "sample_images", "world_check", "FLOW_STAGE"]
+__all__ = ["FlowPretrainConfig", "is_flow_run", "run", "build_pipeline", "export", "sample_images", "FLOW_STAGE"]
 
 FLOW_STAGE = 3  # the stage number in the batch seeds: distinct from the tiny model's VAE (1) and UNet (2) stages
 _TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -399,7 +399,8 @@ def export(run_dir, out_dir, snapshot: Optional[int] = None, shift: Optional[flo
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Measuring: the diffusers pipeline's own Euler sampler and the world's checker.
+# Measuring: the diffusers pipeline's own Euler sampler (``rdpo-zoo world-check`` reads its images with the
+# world's checker).
 
 
 def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, guidance_scale: float = 3.0,
@@ -418,15 +419,3 @@ def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, 
                       latents=latents.to(pipe.device, pipe.transformer.dtype), output_type="pt").images
         out.append(images.float().cpu())
     return torch.cat(out)
-
-
-def world_check(pipe, n: int = 256, prompts: str = "train", seed: int = 0, steps: int = 20,
-                guidance_scale: float = 3.0, max_sequence_length: int = 8) -> Dict[str, float]:
-    """The checker's rates (:func:`rdpo_zoo.world.evaluate`) on ``n`` Euler samples for prompts cycled from the set
-    ``prompts`` — the reading ``rdpo-zoo world-check`` gives an SD pipeline, for a flow pipeline."""
-    from rdpo_zoo.preview import cycle_prompts
-
-    chosen = cycle_prompts(world.prompt_set(prompts), n)
-    images = sample_images(pipe, chosen, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                           max_sequence_length=max_sequence_length)
-    return world.evaluate(images, chosen)
