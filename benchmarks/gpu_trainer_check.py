@@ -50,21 +50,24 @@ def check(mixed_precision: str, iterations: int, folder: str) -> dict:
                                                            "seconds_rollout", "seconds_optimise", "unet_calls")}
     out["losses_finite"] = all(isinstance(r.get("loss"), float) and r["loss"] == r["loss"] for r in records)
     # the saved LoRA reloads exactly
-    pipe = get_registry().get("model", run.model).build(run.model_options)
-    pipe.unet.to(trainer.accelerator.device)
-    pipe.load_lora_weights(f"{folder}/lora", weight_name=LORA_WEIGHT_NAME)
-    unet = trainer.model.unet
+    from rdpo_zoo.families import resolve_model_family
+
+    part = get_registry().get("model", run.model)
+    fresh = resolve_model_family(part.build(run.model_options), part.family)
+    fresh.denoiser.to(trainer.accelerator.device)
+    fresh.load_lora(f"{folder}/lora", weight_name=LORA_WEIGHT_NAME)
+    family = trainer.model.family
+    device, dtype = family.device, family.dtype
     g = torch.Generator().manual_seed(0)
     shape = (2, *trainer.model.latent_shape)
-    x = torch.randn(shape, generator=g).to(unet.device, unet.dtype)
-    t = torch.tensor([500, 20], device=unet.device)
-    hidden = torch.randn(2, *trainer.model.encode(["a red circle"]).cond.shape[1:], generator=g)
-    hidden = hidden.to(unet.device, unet.dtype)
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    t = trainer.model.timesteps[[0, -1]].to(device)
+    cond = trainer.model.encode(["a red circle", "a red circle"])
     with torch.no_grad():
-        trained = unet(x, t, encoder_hidden_states=hidden).sample.float()
-        reloaded = pipe.unet.to(unet.dtype)(x, t, encoder_hidden_states=hidden).sample.float()
+        trained = family.denoise(family.denoiser, x, t, cond.cond, cond.added_cond).float()
+        reloaded = fresh.denoise(fresh.denoiser.to(dtype), x, t, cond.cond, cond.added_cond).float()
     out["lora_reload_max_abs_diff"] = float((trained - reloaded).abs().max())
-    out["lora_reloads"] = out["lora_reload_max_abs_diff"] <= (1e-5 if unet.dtype == torch.float32 else 1e-2)
+    out["lora_reloads"] = out["lora_reload_max_abs_diff"] <= (1e-5 if dtype == torch.float32 else 1e-2)
     out["passed"] = bool(out["log_ratios_zero_at_init"] and out["losses_finite"] and out["lora_reloads"])
     return out
 

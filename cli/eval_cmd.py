@@ -46,7 +46,6 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     from rdpo_zoo.diffusion import DiffusionModel
     from rdpo_zoo.evaluate import compare_models, format_report, report_rewards
     from rdpo_zoo.parts import OptionError, parse_assignments
-    from rdpo_zoo.quiet import quiet_loading
     from rdpo_zoo.registry import UnknownPartError, build_reward, get_registry
     from rdpo_zoo.run_folder import LORA_WEIGHT_NAME, find_lora
     from rdpo_zoo.runtime import apply_threads
@@ -82,16 +81,17 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
         raise click.BadParameter(str(error), param_hint="--reward") from None
     reward_objs, trained, notes = report_rewards(registry, trained_spec, trained_reward, prompt_list, built)
     apply_threads(threads)
-    pipe = registry.get("model", part).build(model_options)
-    if lora is not None:
-        with quiet_loading():  # our LoRA files hold the UNet's layers only, by design
-            pipe.load_lora_weights(str(lora.folder), weight_name=LORA_WEIGHT_NAME)
+    chosen_model = registry.get("model", part)
+    pipe = chosen_model.build(model_options)
     diffusion = DiffusionModel(
-        pipe, sampler=method.get("scheduler") or "ddim",
+        pipe, sampler=method.get("scheduler"),
         eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
         num_steps=num_steps or method.get("num_steps", 20),
         guidance_scale=guidance_scale or max(1.0, method.get("guidance_scale", 5.0)),
+        family=chosen_model.family, registry=registry,
     )
+    if lora is not None:
+        diffusion.family.load_lora(lora.folder, weight_name=LORA_WEIGHT_NAME)
     compare = bool(run_dir) if compare_base is None else compare_base
     label = f"{model} + LoRA {lora.folder}" if lora else f"{model} (base)"
     click.echo(f"{label} on prompts {prompts}:")

@@ -1,4 +1,5 @@
-"""Built-in models: Stable Diffusion 1.5, SDXL, and any diffusers pipeline by hub id or local path.
+"""Built-in models: Stable Diffusion 1.5, SDXL, SD3 / SD3.5, FLUX.1, and any diffusers pipeline by hub id or local
+path.
 
 The factories import torch and diffusers only when a model is built. No download happens unless the user named a
 hub model: a part's default id is used only when it is already in the local Hugging Face cache (or a local
@@ -7,6 +8,7 @@ folder), and otherwise the factory fails at once, naming the id and how to get i
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -17,6 +19,8 @@ from rdpo_zoo.errors import UserInputError
 SD15_ID = "runwayml/stable-diffusion-v1-5"  # the RDPO, D3PO and SPO papers' base model
 SD15_MIRROR = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # where the hub now serves the same weights
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"  # RDPO Table 7, SPO's and Diffusion-DPO's SDXL runs
+SD3_ID = "stabilityai/stable-diffusion-3.5-medium"  # Flow-GRPO's base model
+FLUX_ID = "black-forest-labs/FLUX.1-dev"  # Flow-GRPO's and DanceGRPO's FLUX runs
 
 
 class ModelNotAvailableError(UserInputError, OSError):
@@ -137,6 +141,51 @@ def build_sdxl(**options):
     return load_pipeline("StableDiffusionXLPipeline", "sdxl", SDXL_ID, **options)
 
 
+def _flow_options(default_id: str, t5_help: Optional[str]) -> tuple:
+    options = _options(default_id) + (
+        Option("max_sequence_length", int, None, "T5 tokens per prompt (default: the pipeline's, 256 for SD3 and 512 "
+               "for FLUX, capped at the T5 tokenizer's length)", min=1, max=512),
+    )
+    if t5_help:
+        options += (Option("t5", bool, True, t5_help),)
+    return options
+
+
+def _folder_without(model_id: Optional[str], component: str) -> bool:
+    """Whether ``model_id`` is a local pipeline folder saved without ``component`` (``[null, null]`` in its
+    ``model_index.json``): diffusers then needs ``component=None`` passed explicitly to load it."""
+    if model_id is None or not _is_path(model_id):
+        return False
+    index = os.path.join(os.path.expanduser(model_id), "model_index.json")
+    try:
+        with open(index) as f:
+            entry = json.load(f).get(component)
+    except (OSError, ValueError):
+        return False
+    return isinstance(entry, list) and entry[:1] == [None]
+
+
+def _remember_sequence_length(pipe, max_sequence_length: Optional[int]):
+    # read by the flow model families (rdpo_zoo.flow_families), which wrap the pipeline later
+    if max_sequence_length is not None:
+        pipe.rdpo_max_sequence_length = max_sequence_length
+    return pipe
+
+
+def build_sd3(t5: bool = True, max_sequence_length: Optional[int] = None, **options):
+    """Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``); without its T5 encoder when ``t5`` is false or the
+    folder was saved without it."""
+    if not t5 or _folder_without(options.get("id"), "text_encoder_3"):
+        options.update(text_encoder_3=None, tokenizer_3=None)
+    return _remember_sequence_length(load_pipeline("StableDiffusion3Pipeline", "sd3", SD3_ID, **options),
+                                     max_sequence_length)
+
+
+def build_flux(max_sequence_length: Optional[int] = None, **options):
+    """FLUX.1 (``FluxPipeline``)."""
+    return _remember_sequence_length(load_pipeline("FluxPipeline", "flux", FLUX_ID, **options), max_sequence_length)
+
+
 def build_diffusers(**options):
     """Any diffusers pipeline (``DiffusionPipeline`` picks the class from its ``model_index.json``)."""
     return load_pipeline("DiffusionPipeline", "diffusers", None, **options)
@@ -144,6 +193,13 @@ def build_diffusers(**options):
 
 @rdpo_zoo.hookimpl
 def register_models(register):
-    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID)))
-    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID)))
+    register(ModelPart("sd15", "Stable Diffusion 1.5 (the papers' base model)", build_sd15, _options(SD15_ID),
+                       family="sd"))
+    register(ModelPart("sdxl", "Stable Diffusion XL base 1.0", build_sdxl, _options(SDXL_ID),
+                       family="sdxl"))
+    register(ModelPart("sd3", "Stable Diffusion 3 / 3.5 (MMDiT transformer, flow matching)", build_sd3,
+                       _flow_options(SD3_ID, "load the T5 text encoder (false: SD3 without T5, less memory; a "
+                                     "folder saved without T5 loads without it)"), family="sd3"))
+    register(ModelPart("flux", "FLUX.1 (transformer on packed latents, guidance embedding, flow matching)",
+                       build_flux, _flow_options(FLUX_ID, None), family="flux"))
     register(ModelPart("diffusers", "any diffusers pipeline, by hub id or local folder", build_diffusers, _options(None)))

@@ -30,6 +30,7 @@ def register_models(register):
                 Option("device", str, "cpu", "torch device to load it on"),
                 Option("dtype", str, "float32", "the weights' dtype", choices=("float32", "float16", "bfloat16")),
             ),
+            family="sd",
         )
     )
 

@@ -66,7 +66,8 @@ class RunSettings:
     warmup_iterations: int = _field(0, "linear learning-rate warm-up, in iterations", min=0)
     lora_rank: int = _field(4, "LoRA rank (D3PO/SPO code: 4)", min=1)
     lora_alpha: float = _field(4.0, "LoRA alpha (scale = alpha / rank)", min=0.0)
-    lora_targets: str = _field("to_q,to_k,to_v,to_out.0", "comma-separated UNet module names that get LoRA")
+    lora_targets: str = _field("to_q,to_k,to_v,to_out.0", "comma-separated module names of the denoiser that get "
+                               "LoRA (empty: the model family's own list)")
     seed: int = _field(0, "seed of every random draw: LoRA initialisation, prompts, noise, pair shuffling, evaluation "
                           "(a resumed run continues the same streams)")
     checkpoint_every: int = _field(1, "iterations between checkpoints (0: only the final one)", min=0, resumable=True)

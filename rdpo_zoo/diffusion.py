@@ -9,28 +9,16 @@ Classifier-free guidance is done as diffusers does it: one batched call on [unco
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 
-from rdpo_zoo.schedulers import step_coefficients, x0_coefficients
+from rdpo_zoo.conditioning import Conditioning, host_to_device  # noqa: F401 (public here too)
 
 __all__ = ["Conditioning", "DiffusionModel", "SAMPLERS", "pick_coefficients", "host_to_device"]
 
+#: the built-in step families (``rdpo_zoo.steps``); plugins add more (``rdpo-zoo plugins --kind step-family``)
 SAMPLERS = ("ddim", "ddpm")
-
-
-def host_to_device(tensor: torch.Tensor, device) -> torch.Tensor:
-    """``tensor`` (a host tensor: an index, a few coefficients) on ``device`` without a device sync: a blocking
-    host-to-device copy synchronises the stream, so the copy is non-blocking, from pinned memory on CUDA (the
-    caching host allocator keeps the block until the copy is done)."""
-    device = torch.device(device)
-    if tensor.device == device:
-        return tensor
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def pick_coefficients(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,114 +27,79 @@ def pick_coefficients(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.T
     return table[index.cpu()].unbind(1)
 
 
-@dataclass
-class Conditioning:
-    """Text conditioning of B samples: conditional and unconditional embeddings (and SDXL's added conditions)."""
-
-    prompts: list[str]
-    cond: torch.Tensor  # [B, L, E]
-    uncond: torch.Tensor  # [B, L, E]
-    added_cond: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds, time_ids (cond)
-    added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.cond.shape[0]
-
-    def index(self, index: torch.Tensor | Sequence[int]) -> "Conditioning":
-        index = torch.as_tensor(index, dtype=torch.long)
-        moved = {}
-
-        def pick(t):  # the index goes to each device once, without a sync
-            if t.device not in moved:
-                moved[t.device] = host_to_device(index, t.device)
-            return t[moved[t.device]]
-
-        return Conditioning(
-            [self.prompts[i] for i in index.tolist()], pick(self.cond), pick(self.uncond),
-            {k: pick(v) for k, v in self.added_cond.items()}, {k: pick(v) for k, v in self.added_uncond.items()},
-        )
-
-    def repeat_interleave(self, n: int) -> "Conditioning":
-        return self.index(torch.arange(len(self)).repeat_interleave(n))
-
-    @staticmethod
-    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
-        return Conditioning(
-            [p for part in parts for p in part.prompts],
-            torch.cat([p.cond for p in parts]), torch.cat([p.uncond for p in parts]),
-            {k: torch.cat([p.added_cond[k] for p in parts]) for k in parts[0].added_cond},
-            {k: torch.cat([p.added_uncond[k] for p in parts]) for k in parts[0].added_uncond},
-        )
-
-    def to(self, device) -> "Conditioning":
-        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Conditioning(self.prompts, self.cond.to(device), self.uncond.to(device), move(self.added_cond),
-                            move(self.added_uncond))
-
-
 class DiffusionModel:
-    """A diffusers pipeline seen as a Gaussian policy over latents.
+    """A diffusers pipeline seen as a Gaussian policy over latents, through the two seams: a model family
+    (:mod:`rdpo_zoo.families`: denoiser, conditioning, decoding, LoRA) and a step family (:mod:`rdpo_zoo.steps`:
+    timesteps, (a, b, σ), x̂0, the training process).
 
     Args:
-        pipe: a ``StableDiffusionPipeline``-like (unet, vae, text_encoder, tokenizer, scheduler) or an SDXL pipeline.
-        sampler: ``"ddim"`` (η as given) or ``"ddpm"`` (``fixed_small``); the pipeline's own scheduler config
-            (betas, prediction type) is kept, with x̂0 clipping off (it breaks the affine step).
-        eta: DDIM's η; the paper and the public D3PO/DDPO/SPO code use 1.0.
+        pipe: a diffusers text-to-image pipeline that a registered model family drives (SD 1.5- and SDXL-shaped
+            built in).
+        sampler: the step family's name (``"ddim"``: η as given; ``"ddpm"``: ``fixed_small``; a plugin's), or
+            ``None`` for the model family's default; the pipeline's own scheduler config (betas, prediction type)
+            is kept.
+        eta: the step family's noise level (DDIM's η; the paper and the public D3PO/DDPO/SPO code use 1.0).
         num_steps: T, the number of sampling steps.
-        guidance_scale: classifier-free guidance g (1 = off: one UNet call instead of two).
-        resolution: image side in pixels (default: the UNet's sample size × the VAE factor).
+        guidance_scale: classifier-free guidance g (1 = off: one network call instead of two).
+        resolution: image side in pixels (default: the model family's).
+        family: the model family (a name, or a ``ModelFamily`` already wrapping ``pipe``); default: the first
+            registered family whose ``matches(pipe)`` is true.
+        registry: where the families are looked up (default: the global registry).
     """
 
     def __init__(
-        self, pipe, sampler: str = "ddim", eta: float = 1.0, num_steps: int = 20, guidance_scale: float = 5.0,
-        resolution: Optional[int] = None,
+        self, pipe, sampler: Optional[str] = "ddim", eta: Optional[float] = 1.0, num_steps: int = 20,
+        guidance_scale: float = 5.0, resolution: Optional[int] = None, family=None, registry=None,
     ):
-        from diffusers import DDIMScheduler, DDPMScheduler
+        from rdpo_zoo.families import ModelFamily, resolve_model_family
+        from rdpo_zoo.registry import get_registry
 
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps: expected an integer >= 1, got {num_steps!r}")
         if guidance_scale < 1.0:
             raise ValueError(f"guidance_scale: expected a number >= 1 (1 disables guidance), got {guidance_scale!r}")
+        registry = registry or get_registry()
         self.pipe = pipe
-        self.unet, self.vae = pipe.unet, pipe.vae
-        self.is_sdxl = hasattr(pipe, "text_encoder_2")
-        config = dict(pipe.scheduler.config)
-        if sampler == "ddim":
-            self.scheduler = DDIMScheduler.from_config(config, clip_sample=False, thresholding=False,
-                                                       set_alpha_to_one=False)
-            self.eta = float(eta)
-        else:
-            self.scheduler = DDPMScheduler.from_config(config, clip_sample=False, thresholding=False,
-                                                       variance_type="fixed_small")
-            self.eta = None
+        self.family = family if isinstance(family, ModelFamily) else resolve_model_family(pipe, family, registry)
+        self.denoiser = self.family.denoiser
+        sampler = sampler or self.family.default_step_family
+        if sampler not in registry.names("step-family"):
+            raise ValueError(f"sampler: expected a step family, one of {tuple(registry.names('step-family'))}, "
+                             f"got {sampler!r}")
+        self.resolution = resolution or self.family.default_resolution()
+        self.family.latent_shape(self.resolution)  # a resolution the family cannot make is refused here
+        self.steps = registry.get("step-family", sampler).build_family(
+            self.family.scheduler_config, num_steps, eta,
+            schedule=self.family.step_options(self.resolution, num_steps))  # e.g. FLUX's resolution shift
         self.sampler = sampler
-        self.scheduler.set_timesteps(num_steps)
-        self.timesteps = self.scheduler.timesteps.clone()
+        self.scheduler = self.steps.scheduler
+        self.eta = self.steps.eta
+        self.timesteps = self.steps.timesteps.clone()
         self.num_steps = num_steps
         self.guidance_scale = float(guidance_scale)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = resolution or self.unet.config.sample_size * self.vae_scale
-        if self.resolution % self.vae_scale:
-            raise ValueError(f"resolution: expected a multiple of the VAE factor {self.vae_scale}, got {self.resolution}")
-        self.unet_calls = 0  # samples evaluated by the UNet (a CFG pair counts 2): the compute budget's unit
+        self.family.guidance_scale = self.guidance_scale  # a family without CFG hands it to its network
+        self.unet_calls = 0  # samples evaluated by the denoiser (a CFG pair counts 2): the compute budget's unit
         self._coefficients = {}
         self._coefficient_table: Optional[torch.Tensor] = None
+        self._flow_time_table: Optional[torch.Tensor] = None
 
     # ----------------------------------------------------------------------------------------------- basics
     @property
+    def unet(self):
+        """Deprecated: the denoiser (``pipe.unet`` for UNet families)."""
+        return self.denoiser
+
+    @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.family.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.family.dtype
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.resolution // self.vae_scale
-        return (self.unet.config.in_channels, side, side)
+    def latent_shape(self) -> tuple:
+        return self.family.latent_shape(self.resolution)
 
     def step_index(self, step: int) -> int:
         """Index into ``self.timesteps`` of the paper's step t of T (t = T is the first step, t = 1 the last)."""
@@ -158,9 +111,8 @@ class DiffusionModel:
         """``[T, 3]`` float32 (a, b, σ) of every step (row i: ``self.timesteps[i]``), on the host: built once per
         scheduler, read by ``coefficients`` and ``coefficient_tensors``."""
         if self._coefficient_table is None:
-            rows = [torch.stack([v.to("cpu", torch.float32).reshape(())
-                                 for v in step_coefficients(self.scheduler, int(t), eta=self.eta)])
-                    for t in self.timesteps]
+            rows = [torch.stack([v.to("cpu", torch.float32).reshape(()) for v in self.steps.coefficients(index)])
+                    for index in range(self.num_steps)]
             self._coefficient_table = torch.stack(rows)
         return self._coefficient_table
 
@@ -168,10 +120,10 @@ class DiffusionModel:
         """``[P]`` float32 host tensor: each step's length |dt| in flow-matching time
         (``rdpo_zoo.schedulers.flow_time_step``), for the public KL convention; ``index`` as in
         ``coefficient_tensors``."""
-        from rdpo_zoo.schedulers import flow_time_step
-
-        table = torch.stack([flow_time_step(self.scheduler, int(t)).reshape(()) for t in self.timesteps]).float()
-        return table[index.cpu().long()]
+        if self._flow_time_table is None:
+            self._flow_time_table = torch.tensor([self.steps.flow_time_step(i) for i in range(self.num_steps)],
+                                                 dtype=torch.float64).float()
+        return self._flow_time_table[index.cpu().long()]
 
     def coefficients(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(a, b, σ)`` of the step at ``self.timesteps[index]`` as float32 scalars on the device (cached)."""
@@ -180,8 +132,7 @@ class DiffusionModel:
         return self._coefficients[index]
 
     def x0_coefficients(self, index: int) -> tuple[float, float]:
-        p_x, p_o = x0_coefficients(self.scheduler, int(self.timesteps[index]))
-        return float(p_x), float(p_o)
+        return self.steps.x0_coefficients(index)
 
     # ------------------------------------------------------------------------------------------- conditioning
     @torch.no_grad()
@@ -189,30 +140,15 @@ class DiffusionModel:
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts: expected a non-empty list of strings")
-        if self.is_sdxl:
-            cond, uncond, pooled, pooled_uncond = self.pipe.encode_prompt(
-                prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=[""] * len(prompts),
-            )
-            projection_dim = int(pooled.shape[-1])
-            size = (self.resolution, self.resolution)
-            time_ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=cond.dtype,
-                                                   text_encoder_projection_dim=projection_dim)
-            time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
-            return Conditioning(prompts, cond, uncond, {"text_embeds": pooled, "time_ids": time_ids},
-                                {"text_embeds": pooled_uncond, "time_ids": time_ids})
-        cond, uncond = self.pipe.encode_prompt(
-            prompts, self.device, 1, True, negative_prompt=[""] * len(prompts)
-        )
-        return Conditioning(prompts, cond, uncond)
+        return self.family.encode(prompts, self.device, self.resolution)
 
     # --------------------------------------------------------------------------------------------- the network
-    def guided_output(self, x: torch.Tensor, index, cond: Conditioning, unet=None, timesteps=None) -> torch.Tensor:
-        """The guided network output o = o_u + g·(o_c − o_u), one batched UNet call.
+    def guided_output(self, x: torch.Tensor, index, cond: Conditioning, denoiser=None, timesteps=None) -> torch.Tensor:
+        """The guided network output o = o_u + g·(o_c − o_u), one batched network call.
 
         ``index`` is one step index (into ``self.timesteps``) for the whole batch or a ``[B]`` tensor of them;
         alternatively pass raw training ``timesteps`` (``[B]``, e.g. Diffusion-DPO's t ~ U{0..999}) with
-        ``index=None``. ``unet`` overrides the network called (the trainer passes its distributed wrapper).
+        ``index=None``. ``denoiser`` overrides the network called (the trainer passes its distributed wrapper).
         Gradients flow when called outside ``torch.no_grad``.
         """
         B = x.shape[0]
@@ -224,19 +160,16 @@ class DiffusionModel:
             t = torch.as_tensor(timesteps, device=self.device)
         t = t.expand(B) if t.dim() == 0 else t
         x = x.to(self.dtype)
-        unet = unet or self.unet
-        if self.guidance_scale == 1.0:
+        denoiser = denoiser or self.denoiser
+        if self.guidance_scale == 1.0 or not self.family.uses_cfg:
             self.unet_calls += B
-            return self._unet(unet, x, t, cond.cond, cond.added_cond)
+            return self.family.denoise(denoiser, x, t, cond.cond, cond.added_cond)
         added = {k: torch.cat([cond.added_uncond[k], cond.added_cond[k]]) for k in cond.added_cond}
-        out = self._unet(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond.uncond, cond.cond]), added)
+        out = self.family.denoise(denoiser, torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond.uncond, cond.cond]),
+                                  added)
         self.unet_calls += 2 * B
         o_u, o_c = out.chunk(2)
         return o_u + self.guidance_scale * (o_c - o_u)
-
-    def _unet(self, unet, x, t, hidden, added):
-        kwargs = {"added_cond_kwargs": added} if added else {}
-        return unet(x, t, encoder_hidden_states=hidden.to(self.dtype), return_dict=False, **kwargs)[0]
 
     def coefficient_tensors(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(a, b, σ)`` as ``[P]`` float32 host tensors for a ``[P]`` tensor of step indices (pass a host index:
@@ -245,21 +178,14 @@ class DiffusionModel:
 
     @contextmanager
     def reference(self):
-        """The reference policy: the same UNet with its LoRA adapters disabled (no second copy of the weights)."""
-        disable = getattr(self.unet, "disable_adapters", None)
-        has_adapters = bool(getattr(self.unet, "peft_config", None))
-        if has_adapters:
-            disable()
-        try:
+        """The reference policy: the same denoiser with its LoRA adapters disabled (no second copy of the weights)."""
+        with self.family.adapters_disabled():
             yield
-        finally:
-            if has_adapters:
-                self.unet.enable_adapters()
 
     # ---------------------------------------------------------------------------------------------- sampling
     def initial_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         noise = torch.randn((batch, *self.latent_shape), generator=generator, device=generator.device)
-        return (noise * self.scheduler.init_noise_sigma).to(self.device, torch.float32)
+        return (noise * self.steps.init_noise_sigma).to(self.device, torch.float32)
 
     def step(self, x: torch.Tensor, o: torch.Tensor, index: int, generator: torch.Generator, n: int = 1):
         """Draw ``n`` children of each state: ``x_{t-1} = a·x_t + b·o + σ·ξ``. Returns ``(children, noise)`` of
@@ -277,12 +203,7 @@ class DiffusionModel:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → images ``[B, 3, H, W]`` in [0, 1] (differentiable when called with grad enabled)."""
-        scaled = latents / self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift:
-            scaled = scaled + shift
-        images = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return self.family.decode(latents)
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, generator: torch.Generator, latents: Optional[torch.Tensor] = None):

@@ -47,6 +47,8 @@ HOOKS = {
     "register_penalties": "penalty",
     "register_rewards": "reward",
     "register_models": "model",
+    "register_model_families": "model-family",
+    "register_step_families": "step-family",
     "register_presets": "preset",
 }
 
@@ -118,6 +120,30 @@ def register_models(register):
     Call ``register(rdpo_zoo.ModelPart(name, description, factory, options))``. ``factory(**options)`` returns a
     diffusers pipeline (UNet, text encoder(s), VAE, scheduler). Do not download unless the user named a hub
     model; when weights are missing offline, raise an error that names the model id and how to get it.
+    """
+
+
+@hookspec
+def register_model_families(register):
+    """Add model families: how one kind of pipeline is driven (``rdpo_zoo.families``).
+
+    Call ``register(rdpo_zoo.ModelFamilyPart(name, description, factory))``; ``factory`` names an
+    ``rdpo_zoo.families.ModelFamily`` subclass: its ``denoiser`` (the module LoRA goes on), ``encode`` (prompts to
+    conditioning), ``denoise`` (one network call), ``decode``/``encode_images``, ``latent_shape``,
+    ``lora_target_modules``, ``save_lora``/``load_lora`` and ``matches(pipe)`` (used when a model part names no
+    family). Built-ins: ``sd`` and ``sdxl``.
+    """
+
+
+@hookspec
+def register_step_families(register):
+    """Add step families: how a sampler's steps are read (``rdpo_zoo.steps``), chosen by ``--scheduler NAME``.
+
+    Call ``register(rdpo_zoo.StepFamilyPart(name, description, factory, options))``; ``factory`` names an
+    ``rdpo_zoo.steps.StepFamily`` subclass, built as ``cls(scheduler_config, num_steps, eta, **options)``: its
+    ``timesteps`` (int or float values for the denoiser), ``coefficients(index)`` (a, b, σ),
+    ``x0_coefficients(index)``, ``flow_time_step(index)`` and the training process (``sample_train_timesteps``,
+    ``add_noise``, ``training_target``). Built-ins: ``ddim`` and ``ddpm``.
     """
 
 

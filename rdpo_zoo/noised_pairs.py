@@ -73,25 +73,18 @@ def rollout_noised_pairs(model: DiffusionModel, cond: Conditioning, reward: Rewa
 
 
 def noised_inputs(model: DiffusionModel, x0: torch.Tensor, generator: torch.Generator):
-    """``(x_t [P, 2, ...], target y, t [P])`` for a batch of pairs: one t and one ε per pair, shared by its two
-    images; ``y`` is ε ``[P, ...]`` (shared) for ε-prediction, the per-branch v or x0 target otherwise."""
-    scheduler = model.scheduler
+    """``(x_t [P, 2, ...], target y, t [P])`` for a batch of pairs: one t and one noise per pair, shared by its two
+    images (the step family's training process); ``y`` is the shared noise ``[P, ...]`` when the target is the noise
+    itself (ε-prediction), the per-branch target (v, x0, a flow velocity) ``[P, 2, ...]`` otherwise."""
+    steps = model.steps
     P = x0.shape[0]
-    n = scheduler.config.num_train_timesteps
-    t = torch.randint(n, (P,), generator=generator).to(x0.device)
+    t = steps.sample_train_timesteps(P, generator).to(x0.device)
     eps = torch.randn((P, *x0.shape[2:]), generator=generator).to(x0.device)
-    alpha = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(P, 1, *([1] * (x0.dim() - 2)))
     noise = eps.unsqueeze(1)
-    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
-    prediction = scheduler.config.prediction_type
-    if prediction == "epsilon":
+    x_t = steps.add_noise(x0, noise, t)
+    y = steps.training_target(x0, noise, t)
+    if y is noise:  # shared by the pair: stride 0 in the kernels
         y = eps
-    elif prediction == "v_prediction":
-        y = alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-    elif prediction == "sample":
-        y = x0
-    else:
-        raise ValueError(f"scheduler.config.prediction_type: unsupported {prediction!r}")
     return x_t, y, t
 
 
@@ -130,8 +123,7 @@ def load_offline_pairs(path: str | Path, model: DiffusionModel, reward: Optional
     latents = []
     with torch.no_grad():
         for chunk in pixels.flatten(0, 1).split(32):
-            dist = model.vae.encode((chunk * 2 - 1).to(model.device, model.vae.dtype)).latent_dist
-            latents.append(dist.mean.float() * model.vae.config.scaling_factor)
+            latents.append(model.family.encode_images(chunk))
     x0 = torch.cat(latents).view(len(records), 2, *latents[0].shape[1:])
     cond = model.encode([p for p, _, _ in records])
     values = torch.full((len(records), 2), float("nan"))

@@ -39,6 +39,8 @@ __all__ = [
     "PenaltyPart",
     "RewardPart",
     "ModelPart",
+    "ModelFamilyPart",
+    "StepFamilyPart",
     "Preset",
     "PART_TYPES",
     "LOSS_COMMON_OPTIONS",
@@ -49,13 +51,15 @@ __all__ = [
 ]
 
 #: The kinds of part, in the order ``rdpo-zoo plugins`` lists them.
-KINDS = ("estimator", "loss", "penalty", "reward", "model", "preset")
+KINDS = ("estimator", "loss", "penalty", "reward", "model", "model-family", "step-family", "preset")
 PLURALS = {
     "estimator": "estimators",
     "loss": "losses",
     "penalty": "penalties",
     "reward": "rewards",
     "model": "models",
+    "model-family": "model families",
+    "step-family": "step families",
     "preset": "presets",
 }
 
@@ -570,9 +574,63 @@ class RewardPart(Part):
 
 @dataclass(frozen=True)
 class ModelPart(Part):
-    """A model: ``factory(**options)`` returns a diffusers pipeline (UNet, text encoder(s), VAE, scheduler)."""
+    """A model: ``factory(**options)`` returns a diffusers pipeline (UNet, text encoder(s), VAE, scheduler).
+
+    Attributes:
+        family: the model family that drives the pipeline (a ``model-family`` part); ``None``: the first family
+            whose ``matches(pipe)`` is true.
+    """
 
     kind: ClassVar[str] = "model"
+    family: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return dict(super().to_dict(), family=self.family)
+
+
+def _load_subclass(part: Part, base_path: str):
+    module, _, name = base_path.partition(":")
+    base = getattr(importlib.import_module(module), name)
+    cls = Part.load(part)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{part.label}: its factory must name a subclass of {module}.{name}, got {cls!r}")
+    return cls
+
+
+@dataclass(frozen=True)
+class ModelFamilyPart(Part):
+    """A model family: ``factory`` names an ``rdpo_zoo.families.ModelFamily`` subclass (how one kind of pipeline
+    is driven: denoiser, conditioning, LoRA targets, save/load). ``build(pipe)`` wraps a loaded pipeline."""
+
+    kind: ClassVar[str] = "model-family"
+
+    def load(self):
+        return _load_subclass(self, "rdpo_zoo.families:ModelFamily")
+
+    def build_family(self, pipe):
+        return self.load()(pipe)
+
+    def build(self, options=None):
+        raise TypeError(f"{self.label}: a model family wraps a pipeline: build_family(pipe)")
+
+
+@dataclass(frozen=True)
+class StepFamilyPart(Part):
+    """A step family: ``factory`` names an ``rdpo_zoo.steps.StepFamily`` subclass (a sampler's timesteps, its
+    Gaussian steps (a, b, σ), x̂0 and its training process), chosen by the method setting ``scheduler``."""
+
+    kind: ClassVar[str] = "step-family"
+
+    def load(self):
+        return _load_subclass(self, "rdpo_zoo.steps:StepFamily")
+
+    def build_family(self, scheduler_config: dict, num_steps: int, eta=None, options=None, schedule=None):
+        """``cls(scheduler_config, num_steps, eta, **options, **schedule)``: ``options`` are the part's own (typed
+        and checked); ``schedule`` is the model family's ``step_options`` (e.g. FLUX's ``mu`` and ``sigmas``)."""
+        return self.load()(scheduler_config, num_steps, eta, **self.parse_options(options), **(schedule or {}))
+
+    def build(self, options=None):
+        raise TypeError(f"{self.label}: a step family needs a scheduler config: build_family(config, num_steps, eta)")
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -604,7 +662,8 @@ SETTINGS = (
     Option("penalty", str, None, "a penalty part added to the loss (none: no penalty)"),
     Option("penalty_options", dict, {}, "the penalty's options (lambda, placement)"),
     Option("reduction", str, "mean", "sum or mean over the D latent elements of a log-likelihood", choices=("mean", "sum")),
-    Option("scheduler", str, "ddim", "the rollout's sampler (none: the training noise schedule)", choices=("ddim", "ddpm"), nullable=True),
+    Option("scheduler", str, "ddim", "the rollout's sampler, a step family (ddim, ddpm, a plugin's; none: the "
+           "training noise schedule)", nullable=True),
     Option("eta", float, 1.0, "DDIM's η (1: the stochastic step every method trains on)", min=0.0, nullable=True),
     Option("num_steps", int, 20, "inference steps T of a rollout", min=1),
     Option("guidance_scale", float, 5.0, "classifier-free guidance g of the rollout (1: conditional only)", min=0.0),
@@ -672,7 +731,8 @@ class Preset(Part):
         return dict(data, settings=dict(self.settings))
 
 
-PART_TYPES = {cls.kind: cls for cls in (EstimatorPart, LossPart, PenaltyPart, RewardPart, ModelPart, Preset)}
+PART_TYPES = {cls.kind: cls for cls in (EstimatorPart, LossPart, PenaltyPart, RewardPart, ModelPart, ModelFamilyPart,
+                                        StepFamilyPart, Preset)}
 
 
 def replace_source(part: Part, source: Source) -> Part:

@@ -338,6 +338,8 @@ def _train_unet(cfg: PretrainConfig, run_dir: Path, log: _Log, deadline: float) 
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTokenizer
 
+    from rdpo_zoo.steps import DDIMFamily
+
     tokenizer = CLIPTokenizer.from_pretrained(str(run_dir / "tokenizer"))
     vae = AutoencoderKL.from_pretrained(run_dir / "vae").eval().requires_grad_(False)
     scheduler = DDIMScheduler(**_scheduler_config(cfg))
@@ -361,7 +363,7 @@ def _train_unet(cfg: PretrainConfig, run_dir: Path, log: _Log, deadline: float) 
         return True
     unet.train()
     text_encoder.train()
-    alphas = scheduler.alphas_cumprod
+    forward = DDIMFamily(dict(scheduler.config), 1)  # the training (noising) process of the schedule
     empty_ids = _tokenize(tokenizer, [""])
     t0, losses = time.time(), []
     while step < cfg.unet_steps:
@@ -375,8 +377,7 @@ def _train_unet(cfg: PretrainConfig, run_dir: Path, log: _Log, deadline: float) 
             latents = vae.encode(images * 2 - 1).latent_dist.sample(generator=gen) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(prompts),), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy = forward.add_noise(latents, noise, t)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_lr_min, cfg.warmup_steps)
         hidden = text_encoder(ids)[0]

@@ -30,13 +30,16 @@ def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, 
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    from rdpo_zoo.families import resolve_model_family
+
+    family = resolve_model_family(pipe)
+    latent_shape = family.latent_shape(family.default_resolution())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         # Initial latents from a CPU generator, so the same seed gives the same images on every device.
-        shape = (len(chunk), pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        latents = torch.randn(shape, generator=gen).to(pipe.device, pipe.unet.dtype)
+        latents = torch.randn((len(chunk), *latent_shape), generator=gen).to(pipe.device, family.dtype)
         step_gen = torch.Generator(device=pipe.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         images = pipe(chunk, num_inference_steps=steps, eta=eta, guidance_scale=guidance_scale, latents=latents,
                       generator=step_gen, output_type="pt").images

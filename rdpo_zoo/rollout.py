@@ -160,7 +160,7 @@ def check_train_steps(model: DiffusionModel, steps: Sequence[int], min_sigma: fl
         a, b, sigma = model.coefficients(index)
         if not float(sigma) > min_sigma * max(abs(float(a)), abs(float(b))):
             raise ValueError(
-                f"steps: step t={step} (timestep {int(model.timesteps[index])}) has σ = {float(sigma):.3g}: no "
+                f"steps: step t={step} (timestep {model.timesteps[index].item()}) has σ = {float(sigma):.3g}: no "
                 f"likelihood there ({model.sampler}, eta={model.eta}); drop it from the steps or sample with eta > 0"
             )
         indices.append(index)
@@ -181,7 +181,7 @@ def _q(model: DiffusionModel, reward: Reward, x: torch.Tensor, o: torch.Tensor, 
     """Q(x) = r(c, x̂0(x)): the reward of the one-step prediction, scored with the state's timestep."""
     with torch.no_grad():
         images = model.decode(model.x0(x, o, index))
-    return _score(reward, images, prompts, int(model.timesteps[index]))
+    return _score(reward, images, prompts, model.timesteps[index].item())
 
 
 def _gap_keep(gap: torch.Tensor, scale: float, threshold: float, rule: str) -> torch.Tensor:
@@ -334,7 +334,7 @@ def _guide(model, reward, x, o, index, cond, guidance: Guidance, sigma: float) -
         images = model.decode(x0)
         timesteps = None
         if reward.accepts_timestep:
-            timesteps = torch.full((x.shape[0],), 0 if last else int(model.timesteps[index]), device=x.device)
+            timesteps = torch.full((x.shape[0],), 0 if last else model.timesteps[index].item(), device=x.device)
         value = reward.score_differentiable(images, list(cond.prompts), timesteps)
         (grad,) = torch.autograd.grad(value.sum(), x)
     flat = grad.flatten(1)

@@ -31,10 +31,13 @@ Both μ's are affine in (x_t, o), so ``a`` collects the x_t coefficients and ``b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Union
 
 import torch
+
+from rdpo_zoo.errors import UserInputError
+from rdpo_zoo.flow_steps import flow_step_coefficients_at, flow_step_index, flow_x0_coefficients, is_flow_scheduler
+from rdpo_zoo.gaussian_step import StepCoefficients, UnsupportedSchedulerError
 
 __all__ = ["step_coefficients", "x0_coefficients", "flow_time_step", "StepCoefficients", "UnsupportedSchedulerError"]
 
@@ -45,22 +48,6 @@ _USE_INSTEAD = (
     "(or `DDPMScheduler.from_config(...)` with variance_type='fixed_small')"
 )
 _GAUSSIAN_DDPM_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
-
-
-class UnsupportedSchedulerError(ValueError):
-    """The scheduler's reverse step is not a Gaussian with a mean affine in the network output."""
-
-
-@dataclass(frozen=True)
-class StepCoefficients:
-    """``x_{t-1} ~ N(a·x_t + b·o, sigma² I)``; each field is a float64 tensor of the timestep's shape."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    sigma: torch.Tensor
-
-    def __iter__(self):
-        return iter((self.a, self.b, self.sigma))
 
 
 def _scheduler_kind(scheduler) -> str:
@@ -136,7 +123,10 @@ def _alpha_bar(scheduler, kind: str, t: torch.Tensor, prev: torch.Tensor) -> tup
 
 
 def x0_coefficients(scheduler, timestep: TimestepLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(p_x, p_o)`` with ``x̂0 = p_x·x_t + p_o·o`` for the scheduler's prediction type (float64 tensors)."""
+    """``(p_x, p_o)`` with ``x̂0 = p_x·x_t + p_o·o`` for the scheduler's prediction type (float64 tensors); for a
+    flow scheduler (velocity ``o``) ``(1, −σ)`` with σ the scheduler's sigma at ``timestep``."""
+    if is_flow_scheduler(scheduler):
+        return flow_x0_coefficients(scheduler.sigmas.double()[flow_step_index(scheduler, timestep)])
     kind = _scheduler_kind(scheduler)
     t = _as_timesteps(timestep, "timestep")
     alpha_t, _ = _alpha_bar(scheduler, kind, t, t - 1)
@@ -179,7 +169,14 @@ def flow_time_step(scheduler, timestep: TimestepLike, prev_timestep: TimestepLik
 
     so |dt| = τ(t) − τ(prev). It is what Flow-GRPO's public KL (÷ std_dev_t² = σ²/|dt|) leaves on a DDIM/DDPM step:
     the KL of two Gaussians is unchanged by the rescaling, so the public KL of a DDIM step read in flow coordinates is
-    |dt| times its exact KL. float64, shaped like ``timestep``; ``prev_timestep`` as in :func:`step_coefficients`."""
+    |dt| times its exact KL. float64, shaped like ``timestep``; ``prev_timestep`` as in :func:`step_coefficients`.
+    On a flow scheduler it is σ_i − σ_{i+1}, the scheduler's own step length."""
+    if is_flow_scheduler(scheduler):
+        sigmas = scheduler.sigmas.double()
+        index = flow_step_index(scheduler, timestep)
+        after = sigmas[index + 1] if prev_timestep is None else (
+            torch.as_tensor(prev_timestep, dtype=torch.float64) / scheduler.config.num_train_timesteps)
+        return sigmas[index] - after
     kind = _scheduler_kind(scheduler)
     t, alpha_t, alpha_prev = _step_alphas(scheduler, kind, timestep, prev_timestep)
 
@@ -194,24 +191,38 @@ def step_coefficients(
     timestep: TimestepLike,
     prev_timestep: TimestepLike | None = None,
     eta: float | None = 0.0,
+    sde: str | None = None,
 ) -> StepCoefficients:
     """The affine Gaussian form ``(a, b, sigma)`` of the reverse step ``timestep -> prev_timestep``.
 
     Args:
         scheduler: a diffusers ``DDIMScheduler`` or ``DDPMScheduler`` (subclasses too), after ``set_timesteps``
-            unless ``prev_timestep`` is given.
-        timestep: the current timestep, a number or a ``[P]`` tensor.
+            unless ``prev_timestep`` is given; or a ``FlowMatchEulerDiscreteScheduler`` after ``set_timesteps``
+            (SD3, FLUX: ``sde`` picks the flow SDE, see :mod:`rdpo_zoo.flow_steps`; ``sigma`` is then the step's
+            std, not the scheduler's sigma).
+        timestep: the current timestep, a number or a ``[P]`` tensor (for a flow scheduler one of its float
+            ``timesteps``).
         prev_timestep: the step's target timestep; by default derived as the scheduler's own ``step`` derives
             it (a negative value means "past the end": DDIM's ``final_alpha_cumprod``, DDPM's 1).
         eta: DDIM's η, as ``DDIMScheduler.step`` takes it (0 = deterministic, σ = 0; 1 = DDPM-like). DDPM has
-            no η: pass ``None`` or 0.0 (the default); any other value is refused.
+            no η: pass ``None`` or 0.0 (the default); any other value is refused. For a flow scheduler, the SDE's
+            noise level (``sde`` given and ``eta=None``: 0.7, Flow-GRPO's).
+        sde: flow schedulers only: ``"flow-sde"`` (Flow-GRPO), ``"dance-sde"`` (DanceGRPO) or ``"cps"``; None
+            with η 0 is diffusers' own Euler step. Refused for DDIM/DDPM.
 
     Returns:
         ``StepCoefficients(a, b, sigma)``, float64 tensors shaped like ``timestep``. ``sigma`` may be 0 (η = 0, a
         last step without noise): that is a valid deterministic step, but it has no likelihood, and the
         log-probability functions refuse it.
     """
+    if is_flow_scheduler(scheduler):
+        return flow_step_coefficients_at(scheduler, timestep, prev_timestep, sde=sde, eta=eta)
     kind = _scheduler_kind(scheduler)
+    if sde is not None:
+        raise UserInputError(
+            f"sde: {sde!r} is a flow-matching SDE for FlowMatchEulerDiscreteScheduler (SD3, FLUX); "
+            f"{type(scheduler).__name__} takes eta only (leave sde=None)"
+        )
     _check_affine(scheduler)
     t, alpha_t, alpha_prev = _step_alphas(scheduler, kind, timestep, prev_timestep)
     (p_x, p_o), (e_x, e_o) = _prediction_table(scheduler, alpha_t)

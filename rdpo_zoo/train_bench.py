@@ -171,7 +171,7 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
                 x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
                 index_in = pairs.step_index.repeat_interleave(2)
             with acc.autocast():
-                o_theta = model.guided_output(x_in, index_in, cond_in, unet=trainer.train_unet)
+                o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=trainer.train_denoiser)
                 with torch.no_grad(), model.reference():
                     o_ref = model.guided_output(x_in, index_in, cond_in)
             a, b, sigma = (v.to(acc.device) for v in model.coefficient_tensors(steps[index]))

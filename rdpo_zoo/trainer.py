@@ -1,7 +1,8 @@
 """One trainer for every method: rollout (sampler + estimator → labelled step pairs) alternating with optimisation
-(the loss over the collected pairs) of a peft LoRA on the UNet, with accelerate.
+(the loss over the collected pairs) of a peft LoRA on the denoiser, with accelerate.
 
-The policy is the pipeline's UNet with a LoRA adapter; the reference policy is the same UNet with the adapter
+The policy is the pipeline's denoiser (the model family's: ``rdpo_zoo.families``) with a LoRA adapter; the
+reference policy is the same denoiser with the adapter
 disabled (no second copy of the weights). Only LoRA parameters train; the text encoder(s) and the VAE are frozen.
 
 Method settings (rollout, estimator, loss, penalty, β, λ, timesteps, …) come from a preset merged with explicit
@@ -206,37 +207,34 @@ class Trainer:
         from peft import LoraConfig
 
         from rdpo_zoo.diffusion import DiffusionModel
+        from rdpo_zoo.families import resolve_model_family
 
         m, run = self.method, self.run
-        pipe = self.registry.get("model", run.model).build(run.model_options)
+        model_part = self.registry.get("model", run.model)
+        pipe = model_part.build(run.model_options)
         self.pipe = pipe
+        family = resolve_model_family(pipe, model_part.family, self.registry)
         device = self.accelerator.device
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision,
                                                                              torch.float32)
-        from rdpo_zoo.quiet import quiet_loading
-
-        for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
-            module = getattr(pipe, name, None)
-            if module is not None:
-                module.requires_grad_(False)
-                with quiet_loading():  # diffusers warns on any dtype given to .to(), even with nothing to keep fp32
-                    module.to(device, dtype=weight_dtype if name != "vae" else torch.float32)
-        unet = pipe.unet
-        targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()]
+        family.prepare(device, weight_dtype)
+        targets = [t.strip() for t in run.lora_targets.split(",") if t.strip()] or list(family.lora_target_modules)
         # peft draws the initial LoRA from torch's global generator: seed it from the run's seed for the draw only
         # (unseeded, two runs with one seed started from different LoRAs), and leave the caller's stream as it was
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_seed_for(run.seed, LORA_INIT_STREAM))
-            unet.add_adapter(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
-                                        target_modules=targets))
-        for p in unet.parameters():  # LoRA in fp32 under mixed precision (diffusers' cast_training_params)
+            family.add_lora(LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, init_lora_weights="gaussian",
+                                       target_modules=targets))
+        denoiser = family.denoiser
+        for p in denoiser.parameters():  # LoRA in fp32 under mixed precision (diffusers' cast_training_params)
             if p.requires_grad:
                 p.data = p.data.float()
         if run.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        sampler = m["scheduler"] or "ddim"
-        self.model = DiffusionModel(pipe, sampler=sampler, eta=m["eta"] if m["eta"] is not None else 1.0,
-                                    num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]))
+            denoiser.enable_gradient_checkpointing()
+        # η None: the step family's own default (DDIM's 1.0, the flow SDEs' 0.7)
+        self.model = DiffusionModel(pipe, sampler=m["scheduler"], eta=m["eta"],
+                                    num_steps=m["num_steps"], guidance_scale=max(1.0, m["guidance_scale"]),
+                                    family=family, registry=self.registry)
         self.train_steps = None
         if m["rollout"] != "noised-pairs":
             from rdpo_zoo.rollout import check_train_steps
@@ -254,16 +252,16 @@ class Trainer:
         return float(sigma) > DEFAULT_MIN_SIGMA * max(abs(float(a)), abs(float(b)))
 
     def _build_optimiser(self) -> None:
-        params = [p for p in self.model.unet.parameters() if p.requires_grad]
+        params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
         if not params:
-            raise RuntimeError("no trainable LoRA parameters: check lora_targets against the UNet's module names")
+            raise RuntimeError("no trainable LoRA parameters: check lora_targets against the denoiser's module names")
         self.trainable = params
         optimiser = torch.optim.AdamW(params, lr=self.method["learning_rate"], betas=(0.9, 0.999),
                                       weight_decay=self.run.weight_decay, eps=1e-8)
         warmup = self.run.warmup_iterations
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0)
-        self.train_unet, self.optimiser = self.accelerator.prepare(self.model.unet, optimiser)
+        self.train_denoiser, self.optimiser = self.accelerator.prepare(self.model.denoiser, optimiser)
         self.lr_scheduler = scheduler
 
     def _prompt_set(self, name: str) -> list[str]:
@@ -293,7 +291,7 @@ class Trainer:
         if m["rollout"] == "single" and m.get("group_size", 1) > 1:  # GRPO: G trajectories per prompt, each from
             prompts = [p for p in prompts for _ in range(m["group_size"])]  # its own noise
         generator = self._generator(iteration, 2) if generator is None else generator
-        self.model.unet.eval()
+        self.model.denoiser.eval()
         with self.accelerator.autocast():
             cond = self.model.encode(prompts)
             rollout = m["rollout"]
@@ -340,7 +338,7 @@ class Trainer:
         x_t, y, t = noised_inputs(model, pairs.x0, generator)
         cond2 = pairs.cond.repeat_interleave(2)
         with self.accelerator.autocast():
-            o_theta = model.guided_output(x_t.flatten(0, 1), None, cond2, unet=self.train_unet,
+            o_theta = model.guided_output(x_t.flatten(0, 1), None, cond2, denoiser=self.train_denoiser,
                                           timesteps=t.repeat_interleave(2))
             with torch.no_grad(), model.reference():
                 o_ref = model.guided_output(x_t.flatten(0, 1), None, cond2, timesteps=t.repeat_interleave(2))
@@ -364,7 +362,7 @@ class Trainer:
             x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
             index_in = pairs.step_index.repeat_interleave(2)
         with self.accelerator.autocast():
-            o_theta = model.guided_output(x_in, index_in, cond_in, unet=self.train_unet)
+            o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=self.train_denoiser)
             with torch.no_grad(), model.reference():
                 o_ref = model.guided_output(x_in, index_in, cond_in)
         shape = (P, -1) if pairs.shared else (P, 2, -1)
@@ -388,7 +386,7 @@ class Trainer:
         model = self.model
         index = samples.step_index if steps is None else steps
         with self.accelerator.autocast():
-            o_theta = model.guided_output(samples.x_t, samples.step_index, samples.cond, unet=self.train_unet)
+            o_theta = model.guided_output(samples.x_t, samples.step_index, samples.cond, denoiser=self.train_denoiser)
             if self.kl_convention is not None:
                 with torch.no_grad(), model.reference():
                     o_ref = model.guided_output(samples.x_t, samples.step_index, samples.cond)
@@ -426,7 +424,7 @@ class Trainer:
         n_max = int(counts.max())
         if n_max == 0:
             return {}
-        self.model.unet.train()
+        self.model.denoiser.train()
         per_trajectory = self.method.get("optimiser_step") == "trajectory"
         groups = []
         if per_trajectory:  # one optimiser step per trajectory (pair): every process takes the most trajectories'
@@ -449,7 +447,7 @@ class Trainer:
             else:
                 parts = [empty] * per_epoch
             for mb, index in enumerate(parts):
-                with acc.accumulate(self.train_unet):
+                with acc.accumulate(self.train_denoiser):
                     if len(index):
                         part = batch.select(index)
                         if self.method["rollout"] == "noised-pairs":
@@ -594,7 +592,7 @@ class Trainer:
         data = self.config.to_dict()
         data["resolved"] = {
             "train_steps": self.train_steps, "sampler": self.model.sampler, "eta": self.model.eta,
-            "timesteps": [int(t) for t in self.model.timesteps], "guidance_scale": self.model.guidance_scale,
+            "timesteps": self.model.timesteps.tolist(), "guidance_scale": self.model.guidance_scale,
             "resolution": self.model.resolution, "reward_scale": self.reward.scale,
             "processes": self.accelerator.num_processes, "gradient_guidance": self.guided,
         }
@@ -624,28 +622,27 @@ class Trainer:
             logger.info("iteration %d: %s", record["iteration"],
                         ", ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float))))
 
-    def _unwrapped_unet(self):
-        return self.accelerator.unwrap_model(self.train_unet)
+    def unwrapped_denoiser(self):
+        """The trained denoiser without its distributed wrapper."""
+        return self.accelerator.unwrap_model(self.train_denoiser)
 
     def save_lora(self, folder: Path) -> None:
-        """The LoRA in the format ``pipe.load_lora_weights(folder, weight_name=LORA_WEIGHT_NAME)`` reads."""
-        from diffusers.utils import convert_state_dict_to_diffusers
+        """The LoRA in the format the model family's ``load_lora(folder)`` (for SD/SDXL diffusers'
+        ``pipe.load_lora_weights(folder, weight_name=LORA_WEIGHT_NAME)``) reads."""
         from peft.utils import get_peft_model_state_dict
 
         if not self.accelerator.is_main_process:
             return
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self._unwrapped_unet()))
+        state = get_peft_model_state_dict(self.unwrapped_denoiser())
         tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        type(self.pipe).save_lora_weights(str(tmp), unet_lora_layers=state, safe_serialization=True,
-                                          weight_name=LORA_WEIGHT_NAME)
+        self.model.family.save_lora(tmp, state)
         _replace_dir(tmp, folder)
 
     def save_checkpoint(self) -> Path:
         """``checkpoint-NNNNNN``: the LoRA (diffusers format), the exact peft state, optimiser, scheduler, step;
         then ``lora/`` is refreshed with its LoRA (so an interrupted run has one). Each is written to a temporary
         folder and renamed: a crash mid-save leaves the previous checkpoint and ``lora/`` intact."""
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         acc = self.accelerator
@@ -654,9 +651,8 @@ class Trainer:
         if acc.is_main_process:
             tmp = self.output_dir / f".tmp-{final.name}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            peft_state = get_peft_model_state_dict(self._unwrapped_unet())
-            type(self.pipe).save_lora_weights(str(tmp), unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
-                                              safe_serialization=True, weight_name=LORA_WEIGHT_NAME)
+            peft_state = get_peft_model_state_dict(self.unwrapped_denoiser())
+            self.model.family.save_lora(tmp, peft_state)
             state = {
                 "iteration": self.iteration,
                 "lora": {k: v.detach().cpu().clone() for k, v in peft_state.items()},
@@ -725,7 +721,7 @@ class Trainer:
     def _restore(self, state: dict, path: Path) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(self._unwrapped_unet(), state["lora"])
+        result = set_peft_model_state_dict(self.unwrapped_denoiser(), state["lora"])
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
             raise RuntimeError(f"resume: {path} holds LoRA weights this model does not have: {unexpected[:5]}")
@@ -763,7 +759,7 @@ class Trainer:
         n = n or self.run.eval_samples
         prompts_all = self._prompt_set(self.run.eval_prompts)
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
-        self.model.unet.eval()
+        self.model.denoiser.eval()
         rewards, trained, notes = report_rewards(self.registry, self.run.reward, self.reward, prompts)
         samples = {}
         main = self.accelerator.is_main_process

@@ -111,7 +111,10 @@ def test_plugins_json_lists_every_part_with_its_source():
     assert losses["dpo"]["fused"] == "dpo"
     assert losses["rdpo"]["penalty"] == "psi"
     assert losses["dpo"]["distribution"] == "rdpo-zoo" and losses["dpo"]["version"] == BUILTIN.version
-    assert set(data["parts"]) == {"estimator", "loss", "penalty", "reward", "model", "preset"}
+    assert set(data["parts"]) == {"estimator", "loss", "penalty", "reward", "model", "model-family", "step-family",
+                                  "preset"}
+    assert {p["name"] for p in data["parts"]["step-family"]} >= {"ddim", "ddpm"}
+    assert {p["name"] for p in data["parts"]["model-family"]} >= {"sd", "sdxl"}
     assert {p["name"] for p in data["plugins"]} >= {"rdpo_zoo.losses", "rdpo_zoo.models", "rdpo_zoo.presets"}
     assert all(p["status"] == "ok" for p in data["plugins"])
     presets = {p["name"]: p for p in data["parts"]["preset"]}

@@ -229,17 +229,15 @@ def test_sdxl_shaped_pipeline_rolls_out():
 def test_the_coefficient_table_is_built_once_on_the_host(model, monkeypatch):
     """The trainer's coefficients: host tensors (the fused op checks them without a device sync), picked from a
     [T, 3] table built once per scheduler, equal to the per-step device scalars."""
-    import rdpo_zoo.diffusion as diffusion
-
     fresh = DiffusionModel(model.pipe, num_steps=T, guidance_scale=3.0)
     built = {"n": 0}
-    original = diffusion.step_coefficients
+    original = fresh.steps.coefficients
 
     def counting(*args, **kwargs):
         built["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(diffusion, "step_coefficients", counting)
+    monkeypatch.setattr(fresh.steps, "coefficients", counting)
     steps = torch.tensor([T - 1, 0, 2, 2])
     for _ in range(3):
         a, b, sigma = fresh.coefficient_tensors(steps)

@@ -34,7 +34,7 @@ def _metrics(folder) -> list:
 def _lora(trainer) -> dict:
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(trainer._unwrapped_unet())
+    return get_peft_model_state_dict(trainer.unwrapped_denoiser())
 
 
 def _assert_same_tensors(a, b, where=""):
@@ -221,7 +221,7 @@ def test_the_readme_loads_a_trained_lora_in_diffusers(tmp_path, monkeypatch):
     block = re.search(r"```python\n(.*?load_lora_weights.*?)```", readme, re.S).group(1)
     trainer = Trainer(small_config(tmp_path / "runs" / "quickstart", model="tiny"))
     with torch.no_grad():
-        for name, p in trainer._unwrapped_unet().named_parameters():
+        for name, p in trainer.unwrapped_denoiser().named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
     trainer.save_lora(trainer.output_dir / "lora")

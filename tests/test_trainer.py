@@ -129,8 +129,8 @@ def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tmp_path):
     first.train()
     resumed = Trainer(small_config(tmp_path / "b", iterations=3, learning_rate=1e-3, resume=True))
     resumed.train()
-    a = get_peft_model_state_dict(straight._unwrapped_unet())
-    b = get_peft_model_state_dict(resumed._unwrapped_unet())
+    a = get_peft_model_state_dict(straight.unwrapped_denoiser())
+    b = get_peft_model_state_dict(resumed.unwrapped_denoiser())
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

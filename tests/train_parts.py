@@ -87,7 +87,7 @@ def main(argv):
     if trainer.accelerator.num_processes > 1:
         from peft.utils import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(trainer._unwrapped_unet())
+        state = get_peft_model_state_dict(trainer.unwrapped_denoiser())
         torch.save(state, os.path.join(output_dir, f"lora-rank{trainer.accelerator.process_index}.pt"))
         torch.save(trainer._iteration_prompts(0), os.path.join(output_dir, f"prompts-rank{trainer.accelerator.process_index}.pt"))
 

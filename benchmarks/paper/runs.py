@@ -270,7 +270,7 @@ class _BudgetTrainerMixin:
         fraction with Ψ active (r_l > 0), β·(r_w − r_l), λ·max(0, r_l) (λ of a Ψ penalty, else 0) and the loss − log 2."""
         import torch
 
-        self.model.unet.eval()
+        self.model.denoiser.eval()
         rows, loss_sum = [], 0.0
         with torch.no_grad():
             for start in range(0, len(pairs), chunk):
@@ -374,7 +374,7 @@ class HeldOutEvaluation:
         if not held.get("pair_prompts") or trainer.method["rollout"] in ("single", "noised-pairs"):
             return None
         prompts = _eval_prompts(held["set"], held["prompts"])[:held["pair_prompts"]]
-        trainer.model.unet.eval()
+        trainer.model.denoiser.eval()
         with torch.no_grad():
             if reference:
                 with trainer.model.reference():
@@ -408,7 +408,7 @@ class HeldOutEvaluation:
 
         trainer, spec, held = self.trainer, self.spec, self.spec.heldout[name]
         prompts = _eval_prompts(held["set"], held["prompts"])
-        trainer.model.unet.eval()
+        trainer.model.denoiser.eval()
         with torch.no_grad():
             samples = draw_samples(eval_model(trainer.pipe), prompts, held["seeds"],
                                    _rewards(spec.eval_rewards, trainer.registry), batch_size=36)
@@ -468,7 +468,7 @@ def evaluate_run(trainer, spec: RunSpec) -> dict:
     from rdpo_zoo.evaluate import sample_rewards
 
     model = eval_model(trainer.pipe)
-    trainer.model.unet.eval()
+    trainer.model.denoiser.eval()
     rewards = _rewards(spec.eval_rewards, trainer.registry)
     out = {"sampler": EVAL_SAMPLER, "seeds": list(spec.eval_seeds), "sets": {}}
     with torch.no_grad():
