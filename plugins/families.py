@@ -6,7 +6,7 @@ imports no torch."""
 from __future__ import annotations
 
 import rdpo_zoo
-from rdpo_zoo import ModelFamilyPart, StepFamilyPart
+from rdpo_zoo import ModelFamilyPart, Option, StepFamilyPart
 
 
 @rdpo_zoo.hookimpl
@@ -29,9 +29,16 @@ def register_step_families(register):
     register(StepFamilyPart("ddpm", "DDPM ancestral steps (fixed_small variance), x̂0 clipping off",
                             "rdpo_zoo.steps:DDPMFamily"))
     # flow-matching models (SD3, FLUX: FlowMatchEulerDiscreteScheduler), docs/flow.md
+    weighting = Option("train_weighting", str, "logit_normal", "how noised pairs draw training timesteps: "
+                       "logit_normal (diffusers' SD3 training script), none (uniform) or mode",
+                       choices=("logit_normal", "none", "mode"))
     register(StepFamilyPart("flow-sde", "Flow-GRPO's SDE on a flow-matching Euler schedule (η: its noise_level, "
-                                        "0.7 in Flow-GRPO)", "rdpo_zoo.flow_step_families:FlowSDEFamily"))
+                                        "0.7 in Flow-GRPO)", "rdpo_zoo.flow_step_families:FlowSDEFamily",
+                            (weighting,)))
     register(StepFamilyPart("dance-sde", "DanceGRPO's SDE on a flow-matching Euler schedule (std η·√|dt|)",
-                            "rdpo_zoo.flow_step_families:DanceSDEFamily"))
+                            "rdpo_zoo.flow_step_families:DanceSDEFamily", (weighting,)))
     register(StepFamilyPart("cps", "coefficients-preserving sampling on a flow-matching Euler schedule (η in [0, 1])",
-                            "rdpo_zoo.flow_step_families:CPSFamily"))
+                            "rdpo_zoo.flow_step_families:CPSFamily",
+                            (weighting, Option("log_prob", str, "exact", "likelihoods with the step's std (exact) or "
+                                               "CPS's public −mean (y − μ)², i.e. std 1/√2 (public)",
+                                               choices=("exact", "public")))))

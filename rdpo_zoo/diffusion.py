@@ -81,6 +81,8 @@ class DiffusionModel:
         self.unet_calls = 0  # samples evaluated by the denoiser (a CFG pair counts 2): the compute budget's unit
         self._coefficients = {}
         self._coefficient_table: Optional[torch.Tensor] = None
+        self._likelihood_table: Optional[torch.Tensor] = None
+        self._likelihood_coefficients = {}
         self._flow_time_table: Optional[torch.Tensor] = None
 
     # ----------------------------------------------------------------------------------------------- basics
@@ -115,6 +117,26 @@ class DiffusionModel:
                     for index in range(self.num_steps)]
             self._coefficient_table = torch.stack(rows)
         return self._coefficient_table
+
+    def likelihood_table(self) -> torch.Tensor:
+        """``[T, 3]`` (a, b, σ) as log-probabilities and log-ratios read them: the step family's
+        ``likelihood_coefficients`` where it has them (CPS's public convention: σ = 1/√2, docs/flow.md), else
+        :meth:`coefficient_table` itself (sampling and likelihood share the step's σ)."""
+        if self._likelihood_table is None:
+            own = getattr(self.steps, "likelihood_coefficients", None)
+            if own is None:
+                self._likelihood_table = self.coefficient_table()
+            else:
+                self._likelihood_table = torch.stack([
+                    torch.stack([v.to("cpu", torch.float32).reshape(()) for v in own(index)])
+                    for index in range(self.num_steps)])
+        return self._likelihood_table
+
+    def likelihood_coefficients(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`coefficients` as log-probabilities read them (:meth:`likelihood_table`), on the device (cached)."""
+        if index not in self._likelihood_coefficients:
+            self._likelihood_coefficients[index] = tuple(self.likelihood_table()[index].to(self.device).unbind())
+        return self._likelihood_coefficients[index]
 
     def flow_time_steps(self, index: torch.Tensor) -> torch.Tensor:
         """``[P]`` float32 host tensor: each step's length |dt| in flow-matching time
@@ -173,8 +195,9 @@ class DiffusionModel:
 
     def coefficient_tensors(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(a, b, σ)`` as ``[P]`` float32 host tensors for a ``[P]`` tensor of step indices (pass a host index:
-        a device one costs a sync). The fused ops check host coefficients without a device sync."""
-        return pick_coefficients(self.coefficient_table(), index)
+        a device one costs a sync), as likelihoods read them (:meth:`likelihood_table`). The fused ops check host
+        coefficients without a device sync."""
+        return pick_coefficients(self.likelihood_table(), index)
 
     @contextmanager
     def reference(self):

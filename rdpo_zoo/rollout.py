@@ -438,7 +438,7 @@ def rollout_single(
             if index in chosen:
                 # the loss's own formula on the drawn y (not −ξ²/2 from the noise, equal up to rounding): the PPO
                 # ratio is then exactly 1 before the first update wherever the UNet gives the same o
-                a, b, sigma = model.coefficients(index)
+                a, b, sigma = model.likelihood_coefficients(index)
                 log_prob = step_log_prob(x_next, x, o.float(), a, b, sigma, reduction)
                 records.append((x, x_next, index, log_prob))
             x = x_next

@@ -113,3 +113,16 @@ def test_ddim_and_ddpm_refuse_a_flow_matching_config_in_one_line():
                                                  "use --scheduler flow-sde, dance-sde or cps") as info:
             family(SD3_CONFIG, 10)
         assert "\n" not in str(info.value)
+
+
+def test_the_parts_options_are_the_families_choices():
+    from rdpo_zoo.flow_steps import LOG_PROB_CONVENTIONS, TRAIN_WEIGHTINGS
+    from rdpo_zoo.registry import get_registry
+
+    for name in FLOW_SDES:
+        options = {o.name: o for o in get_registry().get("step-family", name).options}
+        assert set(options["train_weighting"].choices) == set(TRAIN_WEIGHTINGS)
+    cps = {o.name: o for o in get_registry().get("step-family", "cps").options}
+    assert set(cps["log_prob"].choices) == set(LOG_PROB_CONVENTIONS) and cps["log_prob"].default == "exact"
+    public = get_registry().get("step-family", "cps").build_family(SD3_CONFIG, 5, 0.5, {"log_prob": "public"})
+    assert public.log_prob == "public"

@@ -83,3 +83,38 @@ def test_ddim_on_a_flow_model_is_a_one_line_error(tmp_path):
     with pytest.raises(UserInputError, match="scheduler 'ddim': the pipeline is a flow-matching model") as info:
         Trainer(_config(tmp_path, scheduler="ddim"))
     assert "\n" not in str(info.value)
+
+
+def test_cps_public_log_prob_reaches_every_likelihood_and_not_the_sampler(tmp_path):
+    """``log_prob="public"`` (the cps family's option): log-ratios and the PPO log-probs stored at rollout read std
+    1/√2, the sampler draws with the step's std; the ratio is still exactly 1 before the first update."""
+    from rdpo_zoo import StepFamilyPart
+    from rdpo_zoo.flow_step_families import CPSFamily
+    from rdpo_zoo.flow_steps import PUBLIC_CPS_LOG_PROB_STD, flow_schedule_coefficients
+
+    class PublicCPS(CPSFamily):  # as a plugin would offer the public convention under its own name
+        def __init__(self, *args, **options):
+            super().__init__(*args, log_prob="public", **options)
+
+    class Plugin:
+        @staticmethod
+        @rdpo_zoo.hookimpl
+        def register_step_families(register):
+            register(StepFamilyPart("cps-public-test", "cps with the public log-prob (tests)", PublicCPS))
+
+    name = rdpo_zoo.register(Plugin, name="cps-public-test")
+    try:
+        trainer = Trainer(_config(tmp_path, "flow-grpo", scheduler="cps-public-test", eta=0.5, group_size=2,
+                                  train_timesteps="4,3,2"))
+        model = trainer.model
+        index = torch.tensor([0, 1, 2])
+        _, _, likelihood_std = model.coefficient_tensors(index)
+        assert torch.allclose(likelihood_std, torch.full((3,), PUBLIC_CPS_LOG_PROB_STD))
+        sampling_std = torch.stack([model.coefficients(i)[2].cpu() for i in range(3)])
+        expected = flow_schedule_coefficients(model.scheduler, "cps", 0.5).std[:3].float()
+        torch.testing.assert_close(sampling_std, expected)
+        assert torch.all(sampling_std < PUBLIC_CPS_LOG_PROB_STD)
+        _check_untrained_policy_equals_reference(trainer)
+        trainer.train()
+    finally:
+        rdpo_zoo.unregister(name)
