@@ -404,9 +404,14 @@ def export(run_dir, out_dir, snapshot: Optional[int] = None, shift: Optional[flo
 
 
 def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, guidance_scale: float = 3.0,
-                  max_sequence_length: int = 8, batch_size: int = 64) -> torch.Tensor:
+                  max_sequence_length: Optional[int] = None, batch_size: int = 64) -> torch.Tensor:
     """Images ``[N, 3, H, W]`` float32 in [0, 1], one per prompt, from ``StableDiffusion3Pipeline``'s Euler ODE
-    sampler (``steps`` steps, CFG ``guidance_scale``), deterministic from ``seed``."""
+    sampler (``steps`` steps, CFG ``guidance_scale``), deterministic from ``seed``. ``max_sequence_length``: the zero
+    T5 tokens (default tiny-flow's, :data:`rdpo_zoo.embedded.TINY_FLOW_T5_TOKENS`)."""
+    from rdpo_zoo.embedded import TINY_FLOW_T5_TOKENS
+
+    if max_sequence_length is None:
+        max_sequence_length = getattr(pipe, "rdpo_max_sequence_length", TINY_FLOW_T5_TOKENS)
     if steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     gen = torch.Generator(device="cpu").manual_seed(seed)

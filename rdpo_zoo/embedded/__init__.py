@@ -22,10 +22,13 @@ if TYPE_CHECKING:  # annotations only: importing this module must stay cheap
     import torch
 
 __all__ = ["TINY", "TINY_FLOW", "tiny_path", "tiny_flow_path", "load_tiny_pipeline", "load_tiny_flow_pipeline",
-           "load_pipeline", "is_flow_folder", "EmbeddedModelMissingError"]
+           "load_pipeline", "is_flow_folder", "EmbeddedModelMissingError", "TINY_FLOW_T5_TOKENS"]
 
 TINY = "tiny"
 TINY_FLOW = "tiny-flow"
+#: the all-zero "T5" tokens tiny-flow is sampled with (its pipeline has no T5 encoder but appends this many zero
+#: embeddings); pretraining drew the count from 0, 2, 8 and 32 (``t5_pad_lengths``), so any of those works
+TINY_FLOW_T5_TOKENS = 8
 
 _HERE = Path(__file__).resolve().parent
 
@@ -83,6 +86,8 @@ def load_tiny_flow_pipeline(device: Union[str, "torch.device"] = "cpu", dtype=No
             str(folder), text_encoder_3=None, tokenizer_3=None, torch_dtype=dtype, local_files_only=True
         )
     pipe.set_progress_bar_config(disable=True)
+    # read by the sd3 model family (rdpo_zoo.flow_families) as the count of zero T5 tokens to append
+    pipe.rdpo_max_sequence_length = TINY_FLOW_T5_TOKENS
     return pipe.to(device)
 
 
