@@ -84,7 +84,7 @@ class FlowPretrainConfig:
     shift: float = field(default=1.0, metadata={"help": "the sampling scheduler's static shift (not used in training)"})
     # bookkeeping
     checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
-    snapshot_every: int = field(default=500, metadata={"help": "steps between kept EMA snapshots"})
+    snapshot_every: int = field(default=250, metadata={"help": "steps between kept EMA snapshots"})
     log_every: int = field(default=25, metadata={"help": "steps between log lines"})
 
     def __post_init__(self):
