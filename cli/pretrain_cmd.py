@@ -37,21 +37,33 @@ _DEFAULT_CONFIGS = {"tiny": "pretrain_tiny.json", "tiny-flow": "pretrain_tiny_fl
                    "resumes.")
 @click.option("--max-minutes", default=60.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Stop at the first checkpoint after this long; run again to resume.")
-@click.option("--steps", "--unet-steps", "steps", default=None, type=click.IntRange(min=1),
-              help="Override the denoiser's (UNet's or transformer's) step count (to extend a run).")
+@click.option("--unet-steps", default=None, type=click.IntRange(min=1),
+              help="tiny: override the UNet's step count (to extend a run).")
+@click.option("--transformer-steps", default=None, type=click.IntRange(min=1),
+              help="tiny-flow: override the transformer's step count (to extend a run).")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Override torch's CPU threads (1 is faster than 2 on a 2-core machine shared with other jobs).")
-def run_cmd(model, config_path, run_dir, max_minutes, steps, threads):
+def run_cmd(model, config_path, run_dir, max_minutes, unet_steps, transformer_steps, threads):
     """Train (or resume) a model: tiny, the VAE then the UNet with the text encoder; tiny-flow, the transformer with
     its two text encoders on tiny's frozen VAE."""
+    from rdpo_zoo.errors import UserInputError
+
     if model == "tiny":
         from rdpo_zoo.pretrain import PretrainConfig as Config, run
+
+        if transformer_steps is not None:
+            raise UserInputError("--transformer-steps: only for --model tiny-flow; tiny's denoiser is a UNet (--unet-steps)")
     else:
         from rdpo_zoo.pretrain_flow import FlowPretrainConfig as Config, run
 
+        if unet_steps is not None:
+            raise UserInputError("--unet-steps: only for --model tiny; tiny-flow's denoiser is a transformer "
+                                 "(--transformer-steps)")
     cfg = Config.from_json(Path(config_path) if config_path else _embedded_dir() / _DEFAULT_CONFIGS[model])
-    if steps is not None:
-        setattr(cfg, "unet_steps" if model == "tiny" else "steps", steps)
+    if unet_steps is not None:
+        cfg.unet_steps = unet_steps
+    if transformer_steps is not None:
+        cfg.steps = transformer_steps
     if threads is not None:
         cfg.threads = threads
     run_dir = run_dir or f"runs/pretrain/{model}"

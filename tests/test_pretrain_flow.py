@@ -95,12 +95,14 @@ def test_cli_pretrain_flow_and_bad_options(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(_tiny_config(steps=2).to_json())
     result = CliRunner().invoke(main, ["pretrain", "run", "--model", "tiny-flow", "--config", str(cfg), "--run-dir",
-                                       str(tmp_path / "run"), "--steps", "1"])
+                                       str(tmp_path / "run"), "--transformer-steps", "1"])
     assert result.exit_code == 0, result.output
     assert _state(tmp_path / "run")["step"] == 1
     result = CliRunner().invoke(main, ["pretrain", "export", "--run-dir", str(tmp_path / "run"), "--fp32",
                                        "--output-dir", str(tmp_path / "out")])
     assert result.exit_code != 0 and "--fp32" in result.output
+    result = CliRunner().invoke(main, ["pretrain", "run", "--model", "tiny-flow", "--unet-steps", "1"])
+    assert result.exit_code != 0 and "--unet-steps" in result.output
     with pytest.raises(ValueError, match="t5_pad_lengths"):
         FlowPretrainConfig(t5_pad_lengths=(-1,))
 
