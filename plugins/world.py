@@ -1,4 +1,4 @@
-"""Built-in parts of the embedded world: the ``tiny`` model and the pixel rewards (JPEG (in)compressibility for any
+"""Built-in parts of the embedded world: the ``tiny`` and ``tiny-flow`` models and the pixel rewards (JPEG (in)compressibility for any
 model; the world's prompt fidelity and aesthetic-like score). See docs/world.md.
 
 Factories are named as ``module:attribute`` strings, so loading this plugin imports neither torch nor diffusers.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import rdpo_zoo
 from rdpo_zoo import ModelPart, Option, RewardPart
+from rdpo_zoo.embedded import TINY_FLOW_T5_TOKENS  # a constant: the module imports neither torch nor diffusers
 
 
 def build_tiny(device: str = "cpu", dtype: str = "float32"):
@@ -17,6 +18,18 @@ def build_tiny(device: str = "cpu", dtype: str = "float32"):
     from rdpo_zoo.embedded import load_tiny_pipeline
 
     return load_tiny_pipeline(device=device, dtype=getattr(torch, dtype))
+
+
+def build_tiny_flow(device: str = "cpu", dtype: str = "float32", max_sequence_length: int = None):
+    """The embedded tiny-flow ``StableDiffusion3Pipeline`` (no T5 encoder, no network)."""
+    import torch
+
+    from rdpo_zoo.embedded import load_tiny_flow_pipeline
+
+    pipe = load_tiny_flow_pipeline(device=device, dtype=getattr(torch, dtype))
+    if max_sequence_length is not None:
+        pipe.rdpo_max_sequence_length = max_sequence_length
+    return pipe
 
 
 @rdpo_zoo.hookimpl
@@ -31,6 +44,21 @@ def register_models(register):
                 Option("dtype", str, "float32", "the weights' dtype", choices=("float32", "float16", "bfloat16")),
             ),
             family="sd",
+        )
+    )
+    register(
+        ModelPart(
+            "tiny-flow",
+            "the embedded 64×64 SD3-shaped flow-matching pipeline of the shapes world (small MMDiT, no T5; ships "
+            "with the package)",
+            build_tiny_flow,
+            (
+                Option("device", str, "cpu", "torch device to load it on"),
+                Option("dtype", str, "float32", "the weights' dtype", choices=("float32", "float16", "bfloat16")),
+                Option("max_sequence_length", int, None, f"zero T5 tokens per prompt (default {TINY_FLOW_T5_TOKENS}; "
+                       "pretrained on 0, 2, 8 and 32)", min=1, max=32),
+            ),
+            family="sd3",
         )
     )
 

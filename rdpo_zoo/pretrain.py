@@ -397,7 +397,7 @@ def _train_unet(cfg: PretrainConfig, run_dir: Path, log: _Log, deadline: float) 
                 s_per_step=(time.time() - t0) / len(losses))
             t0, losses = time.time(), []
         if step % cfg.snapshot_every == 0 or step == cfg.unet_steps:
-            _save_snapshot(run_dir / "snapshots" / f"step-{step}", unet, text_encoder, params, ema)
+            _save_snapshot(run_dir / "snapshots" / f"step-{step}", {"unet": unet, "text_encoder": text_encoder}, params, ema)
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             _atomic_save(
                 {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
@@ -411,8 +411,9 @@ def _train_unet(cfg: PretrainConfig, run_dir: Path, log: _Log, deadline: float) 
     return True
 
 
-def _save_snapshot(path: Path, unet, text_encoder, params, ema) -> None:
-    """Save the EMA weights as diffusers/transformers folders (``unet/``, ``text_encoder/``), atomically."""
+def _save_snapshot(path: Path, modules: Dict[str, torch.nn.Module], params, ema) -> None:
+    """Save the EMA weights of ``modules`` as diffusers/transformers folders (one per name, e.g. ``unet/``,
+    ``text_encoder/``), atomically; ``params`` are the modules' trained parameters and ``ema`` their averages."""
     import copy
 
     backup = [p.detach().clone() for p in params]
@@ -421,8 +422,8 @@ def _save_snapshot(path: Path, unet, text_encoder, params, ema) -> None:
             p.copy_(e)
     try:
         tmp = path.with_name(path.name + ".tmp")
-        copy.deepcopy(unet).eval().save_pretrained(tmp / "unet", safe_serialization=True)
-        copy.deepcopy(text_encoder).eval().save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        for name, module in modules.items():
+            copy.deepcopy(module).eval().save_pretrained(tmp / name, safe_serialization=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             import shutil
@@ -435,6 +436,21 @@ def _save_snapshot(path: Path, unet, text_encoder, params, ema) -> None:
                 p.copy_(b)
 
 
+def _check_resumable(cfg, run_dir: Path, free: Sequence[str]) -> None:
+    """If ``run_dir`` already holds a run, refuse a config that differs from its saved one outside the fields
+    ``free``; then write ``cfg`` as the run's ``config.json``. ``cfg`` is a dataclass with ``from_json``/``to_json``."""
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        saved = type(cfg).from_json(cfg_path)
+        for f in dataclasses.fields(cfg):
+            if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name):
+                raise ValueError(
+                    f"config: {f.name} is {getattr(cfg, f.name)!r} but the run in {run_dir} was made with "
+                    f"{getattr(saved, f.name)!r}; use a new run directory"
+                )
+    cfg_path.write_text(cfg.to_json())
+
+
 def run(cfg: PretrainConfig, run_dir, max_minutes: float = 60.0) -> bool:
     """Run (or resume) pretraining in ``run_dir`` for at most ``max_minutes``; returns whether both stages are done.
 
@@ -443,19 +459,10 @@ def run(cfg: PretrainConfig, run_dir, max_minutes: float = 60.0) -> bool:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
-        saved = PretrainConfig.from_json(cfg_path)
-        # The step counts may be raised to continue a finished run, and the bookkeeping may change; anything else
-        # would change what the checkpoints mean.
-        free = ("vae_steps", "unet_steps", "threads", "log_every", "checkpoint_every", "snapshot_every")
-        for f in dataclasses.fields(PretrainConfig):
-            if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name):
-                raise ValueError(
-                    f"config: {f.name} is {getattr(cfg, f.name)!r} but the run in {run_dir} was made with "
-                    f"{getattr(saved, f.name)!r}; use a new run directory"
-                )
-    cfg_path.write_text(cfg.to_json())
+    # The step counts may be raised to continue a finished run, and the bookkeeping may change; anything else
+    # would change what the checkpoints mean.
+    _check_resumable(cfg, run_dir, free=("vae_steps", "unet_steps", "threads", "log_every", "checkpoint_every",
+                                         "snapshot_every"))
     if not (run_dir / "tokenizer" / "vocab.json").exists():
         build_tokenizer(run_dir / "tokenizer", max_length=cfg.max_length)
     log = _Log(run_dir / "log.jsonl")
