@@ -40,6 +40,14 @@ class _LossPath:
         self.model, self.denoiser, self.accelerator, self.reduction = model, denoiser, accelerator, reduction
 
 
+def denoiser_inputs(pairs):
+    """``(x, cond, step index)`` of the denoiser calls a minibatch of step pairs needs: one per pair when both
+    branches share x_t, else one per branch (the pairs flattened, branch-major within a pair)."""
+    if pairs.shared:
+        return pairs.x_t, pairs.cond, pairs.step_index
+    return pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2), pairs.step_index.repeat_interleave(2)
+
+
 class StepPairLossPath(_LossPath):
     """The preference loss of step pairs under ``objective`` (a resolved :class:`rdpo_zoo.resolve.Objective`)."""
 
@@ -54,11 +62,7 @@ class StepPairLossPath(_LossPath):
 
         model = self.model
         P = len(pairs)
-        if pairs.shared:
-            x_in, cond_in, index_in = pairs.x_t, pairs.cond, pairs.step_index
-        else:
-            x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
-            index_in = pairs.step_index.repeat_interleave(2)
+        x_in, cond_in, index_in = denoiser_inputs(pairs)
         with self.accelerator.autocast():
             o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=self.denoiser)
             with torch.no_grad(), model.reference():

@@ -154,6 +154,7 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
     """The same minibatches as ``Trainer.optimise``, the loss written as a plain loop: both branches'
     log-probabilities under the policy and the reference recomputed with ``step_log_prob``, then DPO."""
     from rdpo_zoo import losses
+    from rdpo_zoo.loss_paths import denoiser_inputs
     from rdpo_zoo.reference import step_log_prob
 
     run, acc, model = trainer.run, trainer.accelerator, trainer.model
@@ -165,11 +166,7 @@ def plain_optimise(trainer, batch, iteration: int) -> None:
         for index in torch.randperm(len(batch), generator=g).tensor_split(per_epoch):
             pairs = batch.select(index)
             P = len(pairs)
-            if pairs.shared:
-                x_in, cond_in, index_in = pairs.x_t, pairs.cond, pairs.step_index
-            else:
-                x_in, cond_in = pairs.x_t.flatten(0, 1), pairs.cond.repeat_interleave(2)
-                index_in = pairs.step_index.repeat_interleave(2)
+            x_in, cond_in, index_in = denoiser_inputs(pairs)
             with acc.autocast():
                 o_theta = model.guided_output(x_in, index_in, cond_in, denoiser=trainer.train_denoiser)
                 with torch.no_grad(), model.reference():
