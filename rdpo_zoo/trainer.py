@@ -280,6 +280,25 @@ class Trainer:
         """The per-sample policy-gradient loss: :meth:`rdpo_zoo.loss_paths.PolicyGradientLossPath.loss`."""
         return self.loss_path.loss(samples, advantages, steps, stats)
 
+    def rollout_log_ratios(self, iteration: int = 0) -> torch.Tensor:
+        """The log-ratios log π_θ/π_ref of iteration ``iteration``'s rollout as the update computes them (under the
+        run's autocast): of its step pairs, or, for a per-sample loss, the PPO log-ratios of its samples, step by
+        step as the rollout's batches saw them. Before the first update they are exactly 0 (the policy is the
+        reference): a check that catches CFG, dtype or timestep mismatches between the rollout and the loss."""
+        if rollout_mode(self.method.rollout).yields == "noised-pairs":
+            raise ValueError(f"rollout: {self.method.rollout!r} has no rollout log-ratios (its pairs are noised in "
+                             "the loss)")
+        result = self.rollout(iteration)
+        with torch.no_grad(), self.accelerator.autocast():
+            if rollout_mode(self.method.rollout).yields != "samples":
+                return self.pair_loss(result.pairs)[1].flatten()
+            advantages = self.advantages(result.prompts, result.final_rewards).to(self.accelerator.device)
+            samples, ratios = result.samples, []
+            for step in samples.step_index.unique().tolist():
+                part = samples.select((samples.step_index == step).nonzero()[:, 0].cpu())
+                ratios.append(self.sample_loss(part, advantages)[1].flatten())
+            return torch.cat(ratios)
+
     def optimise(self, batch, iteration: int, advantages=None) -> dict:
         """Inner epochs of minibatches over the rollout's pairs (or samples). Every process takes the same number
         of optimiser steps (DDP needs it): ⌈most pairs on any process / minibatch_size⌉ per epoch, each process

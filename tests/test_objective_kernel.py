@@ -13,21 +13,22 @@ from rdpo_zoo import losses as L
 from rdpo_zoo.kernels import loader
 from rdpo_zoo.resolve import Objective
 
-BACKENDS = ["reference"]
+BACKENDS, DEVICE = ["reference"], "cpu"
 try:
     from rdpo_zoo.kernels.log_ratio import is_interpreted
 
     if is_interpreted() or torch.cuda.is_available():
         BACKENDS.append("triton")
+        DEVICE = "cpu" if is_interpreted() else "cuda"  # compiled kernels need device tensors
 except ImportError:  # no Triton here: the reference backend alone
     pass
 
 
 def _inputs(P=3, D=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    y, x_t, o_ref = (torch.randn(P, 2, D, generator=g) for _ in range(3))
-    o_theta = torch.randn(P, 2, D, generator=g).requires_grad_(True)
-    a, b, sigma = torch.full((P,), 0.9), torch.full((P,), -0.3), torch.full((P,), 0.5)
+    y, x_t, o_ref = (torch.randn(P, 2, D, generator=g).to(DEVICE) for _ in range(3))
+    o_theta = torch.randn(P, 2, D, generator=g).to(DEVICE).requires_grad_(True)
+    a, b, sigma = (torch.full((P,), v, device=DEVICE) for v in (0.9, -0.3, 0.5))
     return y, x_t, o_theta, o_ref, a, b, sigma
 
 
