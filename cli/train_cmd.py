@@ -184,7 +184,35 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
         raise click.BadParameter(str(error).split(": ", 1)[-1], param_hint=_flag(error.setting)) from None
     _check_run(run)
     run.model, run.model_options = model_part(run.model, run.model_options)
+    if "scheduler" not in overrides:
+        method = _model_default_sampler(method, run.model, eta_given="eta" in overrides)
     return TrainConfig(method, run, preset)
+
+
+def _model_default_sampler(method: dict, model: str, eta_given: bool) -> dict:
+    """A method whose sampler the model cannot run, unless the sampler was asked for: the presets and the main job
+    name DDIM (their papers' sampler on SD), which has no flow-matching schedule, so on a flow model (SD3, FLUX,
+    tiny-flow) the model family's default step family (Flow-GRPO's SDE) takes its place, with that family's
+    default η unless --eta was given, and a note says so. A --scheduler given is kept (and refused if it cannot
+    run)."""
+    from rdpo_zoo.registry import get_registry
+    from rdpo_zoo.steps import AlphaBarFamily
+
+    registry = get_registry()
+    try:
+        family = registry.get("model-family", registry.get("model", model).family).load()
+        chosen = registry.get("step-family", method["scheduler"]).load()
+        default = registry.get("step-family", family.default_step_family).load()
+    except (LookupError, AttributeError):  # a folder or a plugin model: its family is known when loaded
+        return method
+    if not (issubclass(chosen, AlphaBarFamily) and not issubclass(default, AlphaBarFamily)):
+        return method
+    eta = method["eta"] if eta_given else getattr(default, "default_eta", None)
+    method = {**method, "scheduler": family.default_step_family, "eta": eta}
+    click.echo(f"note: model {model} is a flow-matching model, which {chosen.name} cannot sample: "
+               f"the sampler is its family's default, {method['scheduler']} at η {eta}" + ("" if eta_given else
+               " (its default)") + "; --scheduler chooses another", err=True)
+    return method
 
 
 def _check_run(run: RunSettings) -> None:

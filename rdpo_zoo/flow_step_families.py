@@ -49,13 +49,14 @@ class FlowStepFamily(StepFamily):
     """
 
     sde: ClassVar[str] = ""
+    default_eta: ClassVar[float] = DEFAULT_FLOW_ETA  # what eta=None means
 
     def __init__(
         self, scheduler_config: dict, num_steps: int, eta: Optional[float] = None, *, mu: Optional[float] = None,
         sigmas: Optional[Sequence[float]] = None, log_prob: str = "exact", train_weighting: str = "logit_normal",
         **options,
     ):
-        eta = DEFAULT_FLOW_ETA if eta is None else eta
+        eta = self.default_eta if eta is None else eta
         super().__init__(scheduler_config, num_steps, check_flow_eta(eta, self.sde), **options)
         if log_prob not in LOG_PROB_CONVENTIONS:
             raise UserInputError(f"log_prob: expected one of {', '.join(LOG_PROB_CONVENTIONS)}, got {log_prob!r}")

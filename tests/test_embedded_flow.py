@@ -92,3 +92,31 @@ def test_the_main_job_and_flow_grpo_train_one_iteration(tmp_path, preset):
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and torch.isfinite(torch.tensor(records[0]["loss"]))
+
+
+@pytest.mark.parametrize("flags, sampler, eta", [
+    (["--estimator", "delta-q", "--loss", "rdpo"], "flow-sde", 0.7),  # the command, as written
+    (["--preset", "flow-grpo"], "flow-sde", 0.7),
+    (["--eta", "0.5"], "flow-sde", 0.5),
+    (["--scheduler", "dance-sde"], "dance-sde", 1.0),  # asked for: kept, with the method's η
+])
+def test_train_on_a_flow_model_takes_its_familys_sampler_unless_one_is_asked_for(tmp_path, flags, sampler, eta):
+    from click.testing import CliRunner
+
+    from rdpo_zoo.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", "tiny-flow", *flags, "--dry-run", "--output-dir",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"sampling: {sampler} eta={eta} " in result.output
+    assert ("flow-matching model, which ddim cannot sample" in result.output) == ("--scheduler" not in flags)
+
+
+def test_train_on_a_flow_model_refuses_ddim_when_asked_for(tmp_path):
+    from click.testing import CliRunner
+
+    from rdpo_zoo.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", "tiny-flow", "--scheduler", "ddim", "--dry-run",
+                                       "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "use --scheduler flow-sde, dance-sde or cps" in result.output
