@@ -45,6 +45,7 @@ __all__ = ["FlowPretrainConfig", "is_flow_run", "run", "build_pipeline", "export
 
 FLOW_STAGE = 3  # the stage number in the batch seeds: distinct from the tiny model's VAE (1) and UNet (2) stages
 _TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+POOLED_CHOICES = ("text", "none")
 
 
 @dataclass
@@ -61,6 +62,10 @@ class FlowPretrainConfig:
     text_layers: int = field(default=2, metadata={"help": "layers of each text encoder"})
     text_heads: int = field(default=4, metadata={"help": "attention heads of each text encoder"})
     text_projection: int = field(default=64, metadata={"help": "pooled projection size of each text encoder"})
+    pooled: str = field(default="text", metadata={
+        "help": "the transformer's pooled text vector: 'text' (the encoders' projections, as SD3) or 'none' (the "
+                "projections fixed at zero, in training and in the exported pipeline: every attribute of the prompt "
+                "must come through attention, not through the adaptive norms' global vector)"})
     # transformer
     layers: int = field(default=6, metadata={"help": "MMDiT blocks"})
     heads: int = field(default=4, metadata={"help": "attention heads"})
@@ -93,6 +98,8 @@ class FlowPretrainConfig:
                      "patch_size", "steps", "batch", "checkpoint_every", "snapshot_every", "log_every", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        if self.pooled not in POOLED_CHOICES:
+            raise ValueError(f"pooled: expected one of {POOLED_CHOICES}, got {self.pooled!r}")
         if not self.t5_pad_lengths or min(self.t5_pad_lengths) < 0:
             raise ValueError(f"t5_pad_lengths: expected non-negative ints, got {self.t5_pad_lengths!r}")
         if not 0.0 <= self.prompt_dropout < 1.0:
@@ -252,11 +259,15 @@ def _train(cfg: FlowPretrainConfig, run_dir: Path, log: _Log, deadline: float) -
     vae, pool = _prepare_vae(cfg, run_dir, log)
     torch.manual_seed(cfg.seed + 1)
     text_encoders = [_make_text_encoder(cfg, tokenizer) for _ in _TEXT_ENCODERS]
+    if cfg.pooled == "none":  # pooled = projection(EOS feature) = 0 exactly, here and in the saved encoders
+        for encoder in text_encoders:
+            torch.nn.init.zeros_(encoder.text_projection.weight)
+            encoder.text_projection.requires_grad_(False)
     transformer = _make_transformer(cfg, vae.config)
     # The pipeline's own encode_prompt builds the conditioning, so training sees exactly what sampling will.
     pipe = _assemble(vae, tokenizer, text_encoders, transformer, cfg)
     modules = {"transformer": transformer, **dict(zip(_TEXT_ENCODERS, text_encoders))}
-    params = [p for m in modules.values() for p in m.parameters()]
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     ckpt_path = run_dir / "transformer.ckpt"

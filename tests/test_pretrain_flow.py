@@ -120,3 +120,25 @@ def test_world_check_measures_flow_folders_and_runs(runs, tmp_path):
     assert result.exit_code != 0 and "--eta" in result.output
     result = CliRunner().invoke(main, ["world-check", "-n", "2", "--shift", "2"])  # tiny is a DDIM model
     assert result.exit_code != 0 and "--shift" in result.output
+
+
+def test_pooled_none_fixes_the_pooled_vector_at_zero_in_training_and_in_the_export(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _tiny_config(pooled="none")
+    assert run(cfg, tmp_path / "run", max_minutes=10) is True
+    snapshot = tmp_path / "run" / "snapshots" / "step-4"
+    for encoder in ("text_encoder", "text_encoder_2"):
+        weights = load_file(snapshot / encoder / "model.safetensors")
+        assert torch.count_nonzero(weights["text_projection.weight"]) == 0
+    ckpt = _state(tmp_path / "run")  # the resumable state keeps it at zero too
+    assert torch.count_nonzero(ckpt["text_encoder"]["text_projection.weight"]) == 0
+    pipe = build_pipeline(tmp_path / "run", snapshot=4)
+    _, _, pooled, _ = pipe.encode_prompt(["a red circle"], ["a red circle"], None, do_classifier_free_guidance=False,
+                                         max_sequence_length=2)
+    assert pooled.shape[-1] == 2 * cfg.text_projection and torch.count_nonzero(pooled) == 0
+
+
+def test_pooled_takes_text_or_none():
+    with pytest.raises(ValueError, match=r"pooled: expected one of \('text', 'none'\), got 'mean'"):
+        _tiny_config(pooled="mean")
