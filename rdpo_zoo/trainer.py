@@ -76,12 +76,28 @@ def _seed_for(*parts: int) -> int:
 LORA_INIT_STREAM = -1
 
 
+
+def _accelerator(run, trackers):
+    """The run's Accelerator. accelerate keeps one state per process: a second run in the same process with another
+    mixed precision is refused in one line naming the setting, not with accelerate's "restart your runtime"."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation,
+                           cpu=not torch.cuda.is_available(), log_with=trackers or None)
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        raise ValueError(f"mixed_precision: {run.mixed_precision!r} asked for, but this process already set up "
+                         f"accelerate with {AcceleratorState().mixed_precision!r}, and accelerate keeps one per "
+                         "process: run it in a new process, or pass the Trainer an accelerator") from None
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs :meth:`train`."""
 
     def __init__(self, config: TrainConfig, accelerator=None, registry=None):
-        from accelerate import Accelerator
-
         from rdpo_zoo.registry import build_reward, get_registry
         from rdpo_zoo.resolve import build_loss
 
@@ -92,10 +108,7 @@ class Trainer:
         check_combination(self.method, self.registry)
         self.output_dir = Path(run.output_dir)
         trackers = _trackers(run.report_to, self.output_dir)
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation,
-            cpu=not torch.cuda.is_available(), log_with=trackers or None,
-        )
+        self.accelerator = accelerator or _accelerator(run, trackers)
         if accelerator is not None and trackers:  # a caller's accelerator: add ours to the trackers it starts
             accelerator.log_with = list(accelerator.log_with) + trackers
         self._check_output_dir()
