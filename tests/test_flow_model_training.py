@@ -109,7 +109,8 @@ def test_a_trained_flow_lora_reloads_through_load_lora_weights(tmp_path, family)
 
 def test_the_cli_trains_and_evaluates_an_sd3_folder_saved_without_t5(tmp_path):
     """``--model sd3 --model-opt id=FOLDER``: the model part loads a local folder (no download; saved without T5),
-    the run's LoRA is evaluated through the family's load_lora; DDIM on it is a one-line error."""
+    the run's LoRA is evaluated through the family's load_lora; without --scheduler the family's flow-sde samples it;
+    DDIM asked for is a one-line error."""
     from click.testing import CliRunner
 
     from rdpo_zoo.cli import main
@@ -130,7 +131,13 @@ def test_the_cli_trains_and_evaluates_an_sd3_folder_saved_without_t5(tmp_path):
                                   "--limit", "2", "--seeds", "0"])
     assert result.exit_code == 0, result.output
     assert "sd3 + LoRA" in result.output
-    result = runner.invoke(main, ["train", "--preset", "rdpo", "--output-dir", str(tmp_path / "ddim"), *model])
+    # no --scheduler: the family's flow-sde (a note says so) instead of the preset's DDIM, which has no flow schedule
+    result = runner.invoke(main, ["train", "--preset", "rdpo", "--train-timesteps", "4,2", "--dry-run",
+                                  "--output-dir", str(tmp_path / "default"), *model])
+    assert result.exit_code == 0, result.output
+    assert "which ddim cannot sample" in result.output and "sampling: flow-sde eta=0.7 T=4" in result.output
+    result = runner.invoke(main, ["train", "--preset", "rdpo", "--scheduler", "ddim", "--output-dir",
+                                  str(tmp_path / "ddim"), *model])
     assert result.exit_code != 0
     error = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert error == [error[0]] and "scheduler 'ddim': the pipeline is a flow-matching model" in error[0]
