@@ -336,8 +336,8 @@ def _print_config(config) -> None:
     click.echo(f"method: rollout {rollout}{shape}, estimator {m.estimator} "
                f"{m.estimator_options or ''}, loss {m.loss} {m.loss_options}{penalty_text}")
     # the sampler that draws the rollout's images (noised pairs sample their final images with the default one)
-    sampler = m.scheduler or "ddim"
-    eta = m.eta if m.eta is not None else 1.0
+    sampler = m.scheduler or "the model family's default (ddim on SD, flow-sde on flow models)"
+    eta = m.eta if m.eta is not None else "its default"
     click.echo(f"sampling: {sampler} eta={eta} T={m.num_steps} guidance={m.guidance_scale}, "
                f"train timesteps {m.train_timesteps}, threshold {m.threshold}, gradient guidance "
                f"{_GUIDANCE_WORDS[m.gradient_guidance]}, reduction {m.reduction}, lr {m.learning_rate}")
