@@ -106,7 +106,7 @@ def main(argv=None) -> int:
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             results.extend(json.loads(lines[-1][7:]) if lines else [
                 {"case": case, "mixed_precision": precision, "passed": False,
-                 "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:] or ''}"}])
+                 "error": f"exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1]}"}])
         else:
             with tempfile.TemporaryDirectory(prefix="rdpo-gpu-check-") as folder:
                 try:

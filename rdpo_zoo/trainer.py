@@ -76,7 +76,6 @@ def _seed_for(*parts: int) -> int:
 LORA_INIT_STREAM = -1
 
 
-
 def _accelerator(run, trackers):
     """The run's Accelerator. accelerate keeps one state per process: a second run in the same process with another
     mixed precision is refused in one line naming the setting, not with accelerate's "restart your runtime"."""
@@ -298,12 +297,13 @@ class Trainer:
         run's autocast): of its step pairs, or, for a per-sample loss, the PPO log-ratios of its samples, step by
         step as the rollout's batches saw them. Before the first update they are exactly 0 (the policy is the
         reference): a check that catches CFG, dtype or timestep mismatches between the rollout and the loss."""
-        if rollout_mode(self.method.rollout).yields == "noised-pairs":
+        yields = rollout_mode(self.method.rollout).yields
+        if yields == "noised-pairs":
             raise ValueError(f"rollout: {self.method.rollout!r} has no rollout log-ratios (its pairs are noised in "
                              "the loss)")
         result = self.rollout(iteration)
         with torch.no_grad(), self.accelerator.autocast():
-            if rollout_mode(self.method.rollout).yields != "samples":
+            if yields == "step-pairs":
                 return self.pair_loss(result.pairs)[1].flatten()
             advantages = self.advantages(result.prompts, result.final_rewards).to(self.accelerator.device)
             samples, ratios = result.samples, []

@@ -437,9 +437,6 @@ def test_trajectory_steps_are_refused_where_the_rollout_records_no_trajectories(
 
 def test_a_second_mixed_precision_in_one_process_is_refused_by_name(tmp_path):
     from accelerate import Accelerator
-    from train_parts import small_config
-
-    from rdpo_zoo.trainer import Trainer
 
     Accelerator(cpu=True)  # this process's accelerate state (other tests may have set it up already): fp32
     with pytest.raises(ValueError, match=r"mixed_precision: 'bf16' asked for, but this process already set up "
