@@ -232,15 +232,21 @@ def all_arms(p: Profile) -> list[dict]:
     return found + confirm_arms(p, found)
 
 
+# The confirmation trains right after tier 3: it completes tiers 1–2's verdict and decides the package's default λ,
+# which tiers 4–5 (other claims) do not; an interrupted study has then answered the question it was started for.
+_TRAIN_ORDER = {1: 1, 2: 2, 3: 3, "confirm": 3.5, 4: 4, 5: 5}
+
+
 def specs(p: Profile) -> list[RunSpec]:
-    """Tier 0, then the tiers in priority order, then the confirmation (once its inputs are done). While tier 0 has
-    not chosen the setting, only tier 0: the other tiers' runs depend on its choice (the runner asks again after
-    each round; ``arms`` shows them at the provisional setting)."""
+    """Tier 0, then tiers 1–3 in priority order, the confirmation (once its inputs are done), tiers 4–5. While tier
+    0 has not chosen the setting, only tier 0: the other tiers' runs depend on its choice (the runner asks again
+    after each round; ``arms`` shows them at the provisional setting)."""
     if p.long is None:
         return []
     if chosen_setting(p)[1].startswith("provisional"):
         return grid_specs(p)
-    return grid_specs(p) + [s for a in all_arms(p) for s in a["specs"]]
+    ordered = sorted(all_arms(p), key=lambda a: _TRAIN_ORDER[a["tier"]])
+    return grid_specs(p) + [s for a in ordered for s in a["specs"]]
 
 
 # ------------------------------------------------------------------------------------------------ the report
