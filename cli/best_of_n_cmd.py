@@ -36,7 +36,8 @@ def _ints(text: str, flag: str) -> list[int]:
 @click.option("--choice-timesteps", "steps", default=None, metavar="t,t,...",
               help="Steps t of T at which to choose, like train's --train-timesteps (default: every step).")
 @click.option("--num-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Sampling steps T.")
-@click.option("--eta", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="DDIM's η.")
+@click.option("--eta", type=click.FloatRange(min=0.0), default=None,
+              help="The sampler's η [default: the model family's sampler's: DDIM 1, flow-sde on flow models 0.7].")
 @click.option("--guidance-scale", type=click.FloatRange(min=1.0), default=3.0, show_default=True,
               help="Classifier-free guidance.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per batch.")
@@ -74,10 +75,12 @@ def best_of_n(estimators, n, prompts, limit, seeds, reward, reward_opt, model, m
     model_options = parse_part_options("model", part, [f"{k}={v}" for k, v in folder_options.items()] + list(model_opt))
     apply_threads(threads)
     pipe = registry.get("model", part).build(model_options)
-    diffusion = DiffusionModel(pipe, eta=eta, num_steps=num_steps, guidance_scale=guidance_scale)
+    # sampler None: the model family's own (DDIM on SD, flow-sde on flow models); eta None: that sampler's default
+    diffusion = DiffusionModel(pipe, sampler=None, eta=eta, num_steps=num_steps, guidance_scale=guidance_scale)
     result = run(diffusion, prompt_list, reward_obj, built, n, seed_list, step_list, batch_size)
     click.echo(f"step-wise best-of-{n}, reward {reward}, {result['samples']} samples "
-               f"({result['prompts']} prompts × seeds {result['seeds']}), T={num_steps}, η={eta}")
+               f"({result['prompts']} prompts × seeds {result['seeds']}), {diffusion.sampler} T={num_steps}, "
+               f"η={diffusion.eta}")
     click.echo(f"{'method':<14} {'reward':>10} {'± s.e.':>9} {'gain':>10} {'± s.e.':>9} {'UNet evals/sample':>18}")
     for method, row in result["methods"].items():
         click.echo(f"{method:<14} {row['mean']:>10.4f} {row['se']:>9.4f} {row['gain']['mean']:>10.4f} "

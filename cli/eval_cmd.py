@@ -28,7 +28,8 @@ from rdpo_zoo.cli.common import output_file_checked, threads_option
               help="With --lora, also sample the base model (adapter off) on the same noise and report the gain "
                    "[default: on with --lora].")
 @click.option("--num-steps", type=click.IntRange(min=1), default=None, help="Sampling steps T (default: the run's, else 20).")
-@click.option("--eta", type=click.FloatRange(min=0.0), default=None, help="DDIM's η (default: the run's, else 1).")
+@click.option("--eta", type=click.FloatRange(min=0.0), default=None,
+              help="The sampler's η (default: the run's, else the step family's: DDIM 1, flow-sde 0.7).")
 @click.option("--guidance-scale", type=click.FloatRange(min=1.0), default=None,
               help="Classifier-free guidance (default: the run's, else 5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch.")
@@ -85,7 +86,7 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
     pipe = chosen_model.build(model_options)
     diffusion = DiffusionModel(
         pipe, sampler=method.get("scheduler"),
-        eta=eta if eta is not None else (method.get("eta") if method.get("eta") is not None else 1.0),
+        eta=eta if eta is not None else method.get("eta"),  # None: the step family's default
         num_steps=num_steps or method.get("num_steps", 20),
         guidance_scale=guidance_scale or max(1.0, method.get("guidance_scale", 5.0)),
         family=chosen_model.family, registry=registry,
@@ -94,7 +95,8 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
         diffusion.family.load_lora(lora.folder, weight_name=LORA_WEIGHT_NAME)
     compare = bool(run_dir) if compare_base is None else compare_base
     label = f"{model} + LoRA {lora.folder}" if lora else f"{model} (base)"
-    click.echo(f"{label} on prompts {prompts}:")
+    click.echo(f"{label} on prompts {prompts} ({diffusion.sampler} η={diffusion.eta}, T={diffusion.num_steps}, "
+               f"CFG {diffusion.guidance_scale:g}):")
     result = compare_models(diffusion, prompt_list, seed_list, reward_objs, trained, batch_size, compare_base=compare,
                             kl=compare and lora is not None, notes=notes, show_progress=True)
     result.update(model=model, lora=str(lora.folder) if lora else None, prompt_set=prompts)

@@ -19,8 +19,10 @@ from rdpo_zoo.cli.common import Command, output_dir_checked, threads_option
 @click.option("--output-dir", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for grid.png and rewards.json (created if missing).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial latents and of the η noise.")
-@click.option("--num-steps", "steps", default=20, show_default=True, type=click.IntRange(min=1), help="DDIM steps T.")
-@click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="DDIM η (1 = the paper's).")
+@click.option("--num-steps", "steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps T.")
+@click.option("--eta", default=None, type=click.FloatRange(min=0.0),
+              help="DDIM η [default: 1, the paper's]; a flow model (SD3, FLUX, tiny-flow) samples with its pipeline's "
+                   "deterministic Euler steps and refuses it.")
 @click.option("--guidance-scale", "guidance", default=3.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Classifier-free guidance (3: the scale docs/world.md's quality table and the rewards' scales were "
                    "measured at; train's rollouts use their preset's, 5).")
@@ -43,6 +45,9 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
     prompts = cycle_prompts(world.prompt_set(prompt_set, option="--prompts"), n)
     apply_threads(threads)
     pipe = load_pipeline(model, device=device, option="--model")
+    if eta is not None and _sampler(pipe, eta)["sampler"] == "euler":
+        raise click.BadParameter("a flow model samples with its pipeline's deterministic Euler steps and takes no η; "
+                                 "leave it unset", param_hint="--eta")
     images = sample_images(pipe, prompts, seed=seed, steps=steps, eta=eta, guidance_scale=guidance, batch_size=batch_size)
     scores, checks, skipped = score_images(images, prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,8 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
     from rdpo_zoo.image_rewards import WORLD_REWARDS
 
     report = {
-        "model": model, "prompts": prompt_set, "n": n, "seed": seed, "steps": steps, "eta": eta, "guidance": guidance,
+        "model": model, "prompts": prompt_set, "n": n, "seed": seed, "steps": steps, "guidance": guidance,
+        **_sampler(pipe, eta),
         "reward_scales": {k: WORLD_REWARDS[k].scale for k in scores if k in WORLD_REWARDS},
         "mean_rewards": {k: sum(v) / len(v) for k, v in scores.items()},
         # The spread over these samples: what each reward's `scale` is set from (docs/world.md).
@@ -70,3 +76,12 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
     click.echo(json.dumps({"grid": str(out_dir / "grid.png"), "rewards": str(out_dir / "rewards.json"),
                            "mean_rewards": report["mean_rewards"], **({"check_rates": report["check_rates"]} if checks else {})},
                           indent=2))
+
+
+def _sampler(pipe, eta) -> dict:
+    """The report's sampler fields: DDIM's η, or the flow pipeline's Euler steps."""
+    from rdpo_zoo.families import resolve_model_family
+
+    if resolve_model_family(pipe).pipeline_takes_eta:
+        return {"sampler": "ddim", "eta": 1.0 if eta is None else eta}
+    return {"sampler": "euler", "eta": None}

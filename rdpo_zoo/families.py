@@ -99,6 +99,15 @@ class ModelFamily:
                 with quiet_loading():  # diffusers warns on any dtype given to .to(), even with nothing to keep fp32
                     module.to(device, dtype=torch.float32 if name in self.fp32_components else weight_dtype)
 
+    # -- the pipeline's own sampler (``rdpo_zoo.preview.sample_images``) -----------------------------------------
+    #: whether the pipeline's ``__call__`` takes DDIM's ``eta`` (flow pipelines take deterministic Euler steps)
+    pipeline_takes_eta: ClassVar[bool] = True
+
+    def pipeline_call(self, latents: torch.Tensor) -> dict:
+        """What the pipeline's ``__call__`` needs besides prompts, steps and guidance to start from ``latents
+        [B, C, h, w]`` (a family whose pipeline packs its latents packs them here)."""
+        return {"latents": latents}
+
     # -- the network ----------------------------------------------------------------------------------------------
     def encode(self, prompts: list, device, resolution: int):
         """``rdpo_zoo.diffusion.Conditioning`` of ``prompts`` (conditional and empty-prompt unconditional)."""

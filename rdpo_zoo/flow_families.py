@@ -112,6 +112,11 @@ class FlowTransformerFamily(ModelFamily):
                                            flux_sigmas=self.flux_sigmas)
         return {k: v for k, v in options.items() if v is not None}
 
+    pipeline_takes_eta: ClassVar[bool] = False
+
+    def pipeline_call(self, latents: torch.Tensor) -> dict:
+        return {"latents": latents, "max_sequence_length": self.max_sequence_length}
+
     # -- the network ----------------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         scaled = latents / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
@@ -199,6 +204,13 @@ class FluxFamily(FlowTransformerFamily):
 
     def default_resolution(self) -> int:
         return int(self.pipe.default_sample_size) * self.vae_scale
+
+    def pipeline_call(self, latents: torch.Tensor) -> dict:
+        from diffusers import FluxPipeline
+
+        B, C, h, w = latents.shape  # FluxPipeline takes its latents packed, its size from height/width
+        return {**super().pipeline_call(FluxPipeline._pack_latents(latents, B, C, h, w)),
+                "height": h * self.vae_scale, "width": w * self.vae_scale}
 
     def encode(self, prompts: list, device, resolution: int):
         from rdpo_zoo.diffusion import Conditioning

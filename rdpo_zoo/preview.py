@@ -22,17 +22,23 @@ def cycle_prompts(prompts: Sequence[str], n: int) -> List[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, eta: float = 1.0,
+def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, eta: Optional[float] = None,
                   guidance_scale: float = 3.0, batch_size: int = 64) -> torch.Tensor:
-    """Images ``[N, 3, H, W]`` float32 in [0, 1] on the CPU, one per prompt (DDIM ``steps`` steps, η = ``eta``),
-    deterministic from ``seed``."""
+    """Images ``[N, 3, H, W]`` float32 in [0, 1] on the CPU, one per prompt, from the pipeline's own sampler (``steps``
+    steps): DDIM at η = ``eta`` (default 1) for SD-shaped pipelines, the deterministic Euler steps of SD3/FLUX-shaped
+    ones (which take no ``eta``); deterministic from ``seed``."""
     if steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    from rdpo_zoo.errors import UserInputError
     from rdpo_zoo.families import resolve_model_family
 
     family = resolve_model_family(pipe)
+    if not family.pipeline_takes_eta and eta is not None:
+        raise UserInputError(f"eta: a {family.name} pipeline samples with deterministic Euler steps and takes no η; "
+                             f"leave it unset (got {eta!r})")
+    noise = {"eta": 1.0 if eta is None else eta} if family.pipeline_takes_eta else {}
     latent_shape = family.latent_shape(family.default_resolution())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
@@ -41,8 +47,8 @@ def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, 
         # Initial latents from a CPU generator, so the same seed gives the same images on every device.
         latents = torch.randn((len(chunk), *latent_shape), generator=gen).to(pipe.device, family.dtype)
         step_gen = torch.Generator(device=pipe.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        images = pipe(chunk, num_inference_steps=steps, eta=eta, guidance_scale=guidance_scale, latents=latents,
-                      generator=step_gen, output_type="pt").images
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=step_gen,
+                      output_type="pt", **noise, **family.pipeline_call(latents)).images
         out.append(images.float().cpu())
     return torch.cat(out)
 

@@ -66,6 +66,42 @@ def test_samples_small_images_deterministically(pipe):
     assert torch.equal(a, b)
 
 
+def test_preview_samples_a_flow_model_with_its_pipelines_euler_steps_and_refuses_eta(pipe):
+    from rdpo_zoo.errors import UserInputError
+    from rdpo_zoo.pretrain_flow import sample_images as sample_flow
+    from rdpo_zoo.preview import sample_images
+
+    prompts = world.ood_prompts()[:2]
+    # the same initial latents from the seed as the pretraining sampler, the same ODE: the same images
+    assert torch.equal(sample_images(pipe, prompts, seed=3, steps=2), sample_flow(pipe, prompts, seed=3, steps=2))
+    with pytest.raises(UserInputError, match="^eta: .*takes no η"):
+        sample_images(pipe, prompts, seed=3, steps=2, eta=1.0)
+
+
+def test_cli_sample_best_of_n_and_eval_on_a_flow_model_use_its_samplers(tmp_path):
+    from click.testing import CliRunner
+
+    from rdpo_zoo.cli import main
+
+    out = tmp_path / "samples"
+    result = CliRunner().invoke(main, ["sample", "--model", "tiny-flow", "-n", "1", "--num-steps", "2",
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "rewards.json").read_text())
+    assert (report["sampler"], report["eta"]) == ("euler", None) and len(report["images"]) == 1
+    refused = CliRunner().invoke(main, ["sample", "--model", "tiny-flow", "-n", "1", "--eta", "0",
+                                        "--output-dir", str(out)])
+    assert refused.exit_code == 2 and "--eta" in refused.output and "Traceback" not in refused.output
+    chosen = CliRunner().invoke(main, ["best-of-n", "--model", "tiny-flow", "--limit", "1", "--seeds", "0",
+                                       "--num-candidates", "2", "--num-steps", "2"])
+    assert chosen.exit_code == 0, chosen.output
+    assert "flow-sde T=2, η=0.7" in chosen.output  # the family's sampler at its default η, not DDIM's
+    scored = CliRunner().invoke(main, ["eval", "--model", "tiny-flow", "--limit", "1", "--seeds", "0",
+                                       "--num-steps", "2"])
+    assert scored.exit_code == 0, scored.output
+    assert "(flow-sde η=0.7, T=2, CFG 5)" in scored.output
+
+
 def test_the_model_part_is_an_sd3_family_model():
     from rdpo_zoo.families import resolve_model_family
     from rdpo_zoo.registry import get_registry

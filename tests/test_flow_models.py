@@ -292,3 +292,17 @@ def test_encode_images_is_the_inverse_of_decodes_scaling_and_shift(kind):
         mean = family.vae.encode(images * 2 - 1).latent_dist.mean
         expected = (family.vae.decode(mean).sample / 2 + 0.5).clamp(0, 1)
         torch.testing.assert_close(family.decode(family.encode_images(images)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_preview_samples_a_flux_pipeline_from_packed_latents():
+    from rdpo_zoo.errors import UserInputError
+    from rdpo_zoo.preview import sample_images
+
+    pipe = tiny_flux_pipeline()
+    pipe.rdpo_max_sequence_length = TINY_MAX_SEQUENCE_LENGTH
+    a = sample_images(pipe, PROMPTS, seed=3, steps=2)
+    assert a.shape == (2, 3, RES, RES) and 0.0 <= a.min() and a.max() <= 1.0
+    assert torch.equal(a, sample_images(pipe, PROMPTS, seed=3, steps=2))
+    assert not torch.equal(a, sample_images(pipe, PROMPTS, seed=4, steps=2))
+    with pytest.raises(UserInputError, match="^eta: a flux pipeline"):
+        sample_images(pipe, PROMPTS, steps=2, eta=0.0)
