@@ -47,6 +47,13 @@ def _beta(preset: str) -> float:
     return float(merge_settings(preset)["loss_options"].get("beta", 0.1))
 
 
+def _default_ratio() -> float:
+    """The package's default λ/β: the ``rdpo`` preset's λ over its β."""
+    from rdpo_zoo.resolve import merge_settings
+
+    return float(merge_settings("rdpo")["penalty_options"]["lambda"]) / _beta("rdpo")
+
+
 def _long_spec(p: Profile, preset: str, setting: dict, seed: int, overrides=None, label: str = "") -> RunSpec:
     lh = p.long
     spec = _spec(p, preset, seed=seed, overrides=overrides, label=label, learning_rate=setting["lr"],
@@ -304,9 +311,16 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
                 _paired(a["specs"], star, reward, _final("rewards:{trained}", "rewards:{trained}")))
             add("Fig. 3a", f"{a['name']} − RDPO*: fidelity at the end (test)",
                 _paired(a["specs"], star, _final("rewards:world-fidelity")))
+    fidelity = _final("rewards:world-fidelity")
+    if "RDPO* (sum)" in named and star:  # does the summed margin (DPO out of its linear regime) change RDPO* itself?
+        for what, fn in (("test reward", reward), ("fidelity", fidelity)):
+            add("sum reduction", f"RDPO* (sum) − RDPO* (mean): {what} at the end", _paired(named["RDPO* (sum)"], star, fn))
     if "RDPO* (sum)" in named and "RDPO λ=β (sum)" in named:
-        add("sum reduction", "RDPO λ=β (sum) − RDPO* (sum): test reward at the end",
-            _paired(named["RDPO λ=β (sum)"], named["RDPO* (sum)"], reward))
+        psi, plain = named["RDPO λ=β (sum)"], named["RDPO* (sum)"]
+        add("sum reduction", "RDPO λ=β (sum) − RDPO* (sum): test reward at the end", _paired(psi, plain, reward))
+        add("sum reduction", "RDPO λ=β (sum) − RDPO* (sum): reward given back after the validation peak "
+            "(final − peak, test)", _paired(psi, plain, _drop))
+        add("sum reduction", "RDPO λ=β (sum) − RDPO* (sum): fidelity at the end (test)", _paired(psi, plain, fidelity))
     if "D3PO" in named and "D3PO + Ψ λ=β" in named:
         add("Fig. 1", "D3PO: on-policy r_l at the end − at iteration 20 (test pairs)",
             paired_difference([_r_l_growth(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
@@ -321,8 +335,16 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
                 add("variants", f"{name} − RDPO*: test reward at the end (one seed)", _paired(named[name], star, reward))
     confirm = [a for a in found if a["tier"] == "confirm"]
     if len(confirm) == 2:
-        add("best λ/β, confirmed", f"{confirm[1]['name']} − RDPO* (confirm seeds): test reward at the end",
-            _paired(confirm[1]["specs"], confirm[0]["specs"], reward))
+        for what, fn in (("test reward", reward), ("fidelity", fidelity)):
+            add("best λ/β, confirmed", f"{confirm[1]['name']} − RDPO* (confirm seeds): {what} at the end",
+                _paired(confirm[1]["specs"], confirm[0]["specs"], fn))
+    best, _ = best_ratio(p, found)
+    default_ratio = _default_ratio()
+    default = named.get(f"RDPO λ/β={default_ratio:g}")
+    if best is not None and default is not None and best["specs"] is not default:
+        # the package's default λ follows the study only if the best ratio beats it on the same seeds
+        add("default λ", f"{best['name']} − RDPO λ/β={default_ratio:g} (the package default): test reward at the end",
+            _paired(best["specs"], default, reward))
     return out
 
 
