@@ -50,8 +50,8 @@ def verdicts(p) -> list[str]:
                 f"Fig. 1 ({len(done)}/{len(d['rows'])} rewards run): r_l on the training pairs rose and ended above 0 "
                 f"for {len(raw)}/{len(done)} ({', '.join(raw) or 'none'}); r_l relative to the pair mean rose for "
                 f"{len(rel)}/{len(done)} ({', '.join(rel) or 'none'}); on the fixed reference pairs r_l ended above 0 "
-                f"and rising for {len(ref)}/{len(done)} ({', '.join(ref) or 'none'}). Final values (training r_l, pair "
-                "mean; reference r_l, pair mean): " + "; ".join(
+                f"and rising for {len(ref)}/{len(done)} ({', '.join(ref) or 'none'}). Values (training r_l and pair "
+                "mean, mean of the last third of the iterations; reference r_l and pair mean, at the end): " + "; ".join(
                     f"{r['reward']}: {r['r_l_last']:.3g}, {r['pair_mean_last']:.3g}; {r['ref_r_l_final']:.3g}, "
                     f"{r['ref_pair_mean_final']:.3g}" for r in done) + ".")
     d = _load(p, "fig3")
