@@ -63,3 +63,15 @@ def output_file_checked(path, option: str):
         raise UserInputError(f"{option}: {str(path)!r} is a folder; expected a file name")
     output_dir_checked(path.parent, option)
     return path
+
+
+def model_family_class(model: str):
+    """The family class of a registered model part (``rdpo_zoo.families.ModelFamily``); None for a folder or a
+    plugin model without a registered family (its family is known only when the pipeline is loaded)."""
+    from rdpo_zoo.registry import get_registry
+
+    registry = get_registry()
+    try:
+        return registry.get("model-family", registry.get("model", model).family).load()
+    except (LookupError, AttributeError):
+        return None

@@ -31,7 +31,7 @@ from rdpo_zoo.cli.common import output_file_checked, threads_option
 @click.option("--eta", type=click.FloatRange(min=0.0), default=None,
               help="The sampler's η (default: the run's, else the step family's: DDIM 1, flow-sde 0.7).")
 @click.option("--guidance-scale", type=click.FloatRange(min=1.0), default=None,
-              help="Classifier-free guidance (default: the run's, else 5).")
+              help="Guidance (default: the run's, else the model family's: 5, FLUX's 3.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
@@ -88,7 +88,8 @@ def evaluate(run_dir, model, model_opt, rewards, reward_opt, prompts, limit, see
         pipe, sampler=method.get("scheduler"),
         eta=eta if eta is not None else method.get("eta"),  # None: the step family's default
         num_steps=num_steps or method.get("num_steps", 20),
-        guidance_scale=guidance_scale or max(1.0, method.get("guidance_scale", 5.0)),
+        guidance_scale=guidance_scale or max(1.0, method["guidance_scale"] if method.get("guidance_scale") is not None
+                                             else _base_guidance(part)),
         family=chosen_model.family, registry=registry,
     )
     if lora is not None:
@@ -118,3 +119,10 @@ def _options_for(spec: str, options: dict) -> dict:
         return {k.split(".", 1)[1] if k.startswith(names[0] + ".") else k: v for k, v in options.items()
                 if "." not in k or k.startswith(names[0] + ".")}
     return {k: v for k, v in options.items() if k.split(".", 1)[0] in names}
+
+
+def _base_guidance(part: str) -> float:
+    """The guidance of a model without a run: its family's where it has one (FLUX.1's 3.5), else the presets' 5."""
+    from rdpo_zoo.cli.common import model_family_class
+
+    return getattr(model_family_class(part), "default_guidance_scale", None) or 5.0

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import click
 
+from rdpo_zoo.cli.common import model_family_class
 from rdpo_zoo.cli.plugins_cmd import model_part, part_options, part_overrides
 from rdpo_zoo.config import RunSettings, SettingError, check_value_type, move_to_method, run_setting_fields
 from rdpo_zoo.errors import UserInputError
@@ -186,7 +187,21 @@ def resolve_config(preset: Optional[str], method_flags: dict, run_flags: dict, c
     run.model, run.model_options = model_part(run.model, run.model_options)
     if "scheduler" not in overrides:
         method = _model_default_sampler(method, run.model, eta_given="eta" in overrides)
+    if "guidance_scale" not in overrides:
+        method = _model_default_guidance(method, run.model)
     return TrainConfig(method, run, preset)
+
+
+def _model_default_guidance(method: dict, model: str) -> dict:
+    """The model family's guidance (FLUX.1's 3.5 in its guidance embedding) in place of the method's CFG, unless
+    --guidance-scale was given; a note says so."""
+    family = model_family_class(model)
+    default = getattr(family, "default_guidance_scale", None)
+    if default is None or method.get("guidance_scale") == default:
+        return method
+    click.echo(f"note: model {model} takes guidance {default:g} by default (its family's, {family.name}), not the "
+               f"method's {method.get('guidance_scale'):g}; --guidance-scale sets another", err=True)
+    return {**method, "guidance_scale": default}
 
 
 def _model_default_sampler(method: dict, model: str, eta_given: bool) -> dict:
@@ -199,11 +214,13 @@ def _model_default_sampler(method: dict, model: str, eta_given: bool) -> dict:
     from rdpo_zoo.steps import AlphaBarFamily
 
     registry = get_registry()
+    family = model_family_class(model)
+    if family is None:
+        return method
     try:
-        family = registry.get("model-family", registry.get("model", model).family).load()
         chosen = registry.get("step-family", method["scheduler"]).load()
         default = registry.get("step-family", family.default_step_family).load()
-    except (LookupError, AttributeError):  # a folder or a plugin model: its family is known when loaded
+    except (LookupError, AttributeError):
         return method
     if not (issubclass(chosen, AlphaBarFamily) and not issubclass(default, AlphaBarFamily)):
         return method

@@ -36,6 +36,9 @@ class ModelFamily:
     default_step_family: ClassVar[str] = "ddim"
     #: whether guidance is classifier-free (a batched call on [uncond; cond]); False for guidance-distilled models
     uses_cfg: ClassVar[bool] = True
+    #: the guidance a run uses when none is asked for, where the method's (the paper's CFG 5) is wrong for the
+    #: model; None: the method's
+    default_guidance_scale: ClassVar[Optional[float]] = None
     #: the denoiser's module names that get LoRA when the run names none
     lora_target_modules: ClassVar[tuple] = ("to_q", "to_k", "to_v", "to_out.0")
     #: the pipeline's modules (attribute names) that are frozen and moved to the run's device, and of those the

@@ -186,6 +186,9 @@ class FluxFamily(FlowTransformerFamily):
 
     name: ClassVar[str] = "flux"
     uses_cfg: ClassVar[bool] = False
+    # FluxPipeline's default: FLUX.1-dev is guidance-distilled, the value enters its guidance embedding, and CFG's 5
+    # is outside what the model was distilled to follow well
+    default_guidance_scale: ClassVar[Optional[float]] = 3.5
     pipeline_class: ClassVar[str] = "FluxPipeline"
     pipeline_max_sequence_length: ClassVar[int] = 512
     t5_tokenizer: ClassVar[str] = "tokenizer_2"

@@ -306,3 +306,17 @@ def test_preview_samples_a_flux_pipeline_from_packed_latents():
     assert not torch.equal(a, sample_images(pipe, PROMPTS, seed=4, steps=2))
     with pytest.raises(UserInputError, match="^eta: a flux pipeline"):
         sample_images(pipe, PROMPTS, steps=2, eta=0.0)
+
+
+@pytest.mark.parametrize("model, flags, guidance", [
+    ("flux", [], 3.5),  # guidance-distilled: FluxPipeline's default in its guidance embedding, not CFG 5
+    ("flux", ["--guidance-scale", "2"], 2.0),  # asked for: kept
+    ("sd3", [], 5.0),  # classifier-free: the method's
+])
+def test_train_takes_the_model_familys_guidance_unless_one_is_asked_for(model, flags, guidance, capsys):
+    from rdpo_zoo.cli.train_cmd import resolve_config
+
+    given = {"guidance_scale": float(flags[1])} if flags else {}
+    config = resolve_config(None, given, {"model": model})
+    assert config.method["guidance_scale"] == guidance
+    assert ("takes guidance 3.5 by default" in capsys.readouterr().err) == (model == "flux" and not flags)
