@@ -237,7 +237,7 @@ def test_bench_train_tiny_times_an_iteration_of_each_rollout_beside_the_plain_lo
     path = tmp_path / "train.json"
     done = _run(["bench", "--train", "--train-size", "tiny", "--device", "cpu", "--threads", "1",
                  "--json", str(path)], env=_env(RDPO_ZOO_PLUGINS="builtin"))
-    assert "UNet evals/s" in done.stdout and "plain optimise s" in done.stdout
+    assert "UNet evals/s" in done.stdout and "plain optimise s" in done.stdout and "optimise peak MB" in done.stdout
     result = json.loads(path.read_text())
     assert result["schema"] == "rdpo-zoo.bench-train/1" and result["size"] == "tiny"
     configs = {(r["rollout"], r["gradient_checkpointing"]) for r in result["records"]}
@@ -247,6 +247,7 @@ def test_bench_train_tiny_times_an_iteration_of_each_rollout_beside_the_plain_lo
         assert record["pairs"] > 0 and record["unet_evaluations"] > 0 and not record["warm_up"]
         assert 0 < s["reward"] < s["rollout"] < s["total"] and 0 < s["loss"] < s["optimise"] < s["total"]
         assert record["plain_loop"]["optimise_seconds"] > 0 and record["plain_loop"]["loss_seconds"] > 0
+        assert record["optimise_peak_memory_mb"] is None and record["peak_memory_mb"] is None  # CUDA's only
 
 
 def test_bench_imports_without_diffusers_until_train_is_asked_for():
