@@ -245,15 +245,20 @@ _TRAIN_ORDER = {1: 1, 2: 2, 3: 3, "confirm": 3.5, 4: 4, 5: 5}
 
 
 def specs(p: Profile) -> list[RunSpec]:
-    """Tier 0, then tiers 1–3 in priority order, the confirmation (once its inputs are done), tiers 4–5. While tier
-    0 has not chosen the setting, only tier 0: the other tiers' runs depend on its choice (the runner asks again
-    after each round; ``arms`` shows them at the provisional setting)."""
+    """Tier 0, then tiers 1–3 in priority order, the confirmation (once its inputs are done), tiers 4–5; within a
+    tier seed by seed. While tier 0 has not chosen the setting, only tier 0: the other tiers' runs depend on its
+    choice (the runner asks again after each round; ``arms`` shows them at the provisional setting)."""
     if p.long is None:
         return []
     if chosen_setting(p)[1].startswith("provisional"):
         return grid_specs(p)
-    ordered = sorted(all_arms(p), key=lambda a: _TRAIN_ORDER[a["tier"]])
-    return grid_specs(p) + [s for a in ordered for s in a["specs"]]
+    out = grid_specs(p)
+    for tier in sorted({a["tier"] for a in all_arms(p)}, key=_TRAIN_ORDER.__getitem__):
+        tier_specs = [s for a in all_arms(p) if a["tier"] == tier for s in a["specs"]]
+        # seed by seed (the arms in order within a seed): an interrupted tier has whole seeds of every arm, which
+        # its paired comparisons can use
+        out += sorted(tier_specs, key=lambda s: s.seed)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ the report
