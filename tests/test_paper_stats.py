@@ -72,3 +72,19 @@ def test_every_long_horizon_verdict_names_its_effect_interval_and_detectable_eff
     line = doc.verdicts(profile)[0]
     assert f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}], detectable {diff['detectable']:.4f}" in line
     assert "tier 2 not run (0/12)" in line and "higher (interval above 0)" in line
+
+
+def test_reward_matched_iteration_is_the_first_validation_checkpoint_at_the_target(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.paper import long_horizon
+
+    validation = [(0, 0.30), (10, 0.40), (20, 0.38), (30, 0.45), (40, 0.44)]
+    records = [{"iteration": i, "sets": {"validation": {"rewards": {"world-aesthetic": {"mean": v}}}}}
+               for i, v in validation]
+    monkeypatch.setattr(long_horizon, "load_checkpoints", lambda spec: records)
+    spec = SimpleNamespace(reward="world-aesthetic")
+    assert long_horizon.reward_matched_iteration(spec, 0.39) == 10
+    assert long_horizon.reward_matched_iteration(spec, 0.41) == 30  # not 20, which fell back below
+    assert long_horizon.reward_matched_iteration(spec, 0.50) == 30  # never reached: its validation peak

@@ -297,6 +297,28 @@ def _paired(a_specs, b_specs, fn_a, fn_b=None) -> dict:
     return paired_difference([fn_a(s) for s in common], [fn_b(by_seed[s.seed]) for s in common])
 
 
+def reward_matched_iteration(spec: RunSpec, target: float) -> Optional[int]:
+    """The first checkpoint at which ``spec``'s validation curve of the trained reward reaches ``target`` (its
+    validation peak if it never does)."""
+    xs, ys = curve(spec, "validation", "rewards:{trained}")
+    reached = [x for x, y in zip(xs, ys) if y >= target]
+    return reached[0] if reached else validation_peak(spec)
+
+
+def _reward_matched(a_specs, b_specs, metric: str) -> dict:
+    """``metric`` (test) of each run of ``a`` at its end − of its seed's run of ``b`` at the checkpoint where b's
+    validation reward first reaches a's final one: does a end better on ``metric`` than b at the same reward, or
+    does it only learn slower? (Matched on validation, read on test.)"""
+    by_seed = {s.seed: s for s in b_specs}
+    a_vals, b_vals = [], []
+    for a in (s for s in a_specs if s.seed in by_seed):
+        b = by_seed[a.seed]
+        target = at(a, "validation", "rewards:{trained}") if is_done(a) and is_done(b) else None
+        a_vals.append(None if target is None else at(a, "test", metric))
+        b_vals.append(None if target is None else at(b, "test", metric, reward_matched_iteration(b, target)))
+    return paired_difference(a_vals, b_vals)
+
+
 def comparisons(p: Profile, found: list[dict]) -> list[dict]:
     """The verdicts: (claim, question, paired difference, verdict)."""
     named = {a["name"]: a["specs"] for a in found}
@@ -316,10 +338,16 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
                 _paired(a["specs"], star, reward, _final("rewards:{trained}", "rewards:{trained}")))
             add("Fig. 3a", f"{a['name']} − RDPO*: fidelity at the end (test)",
                 _paired(a["specs"], star, _final("rewards:world-fidelity")))
+            add("Fig. 3a", f"{a['name']} at the end − RDPO* at the same validation reward: fidelity (test)",
+                _reward_matched(a["specs"], star, "rewards:world-fidelity"))
     fidelity = _final("rewards:world-fidelity")
     if "RDPO* (sum)" in named and star:  # does the summed margin (DPO out of its linear regime) change RDPO* itself?
         for what, fn in (("test reward", reward), ("fidelity", fidelity)):
             add("sum reduction", f"RDPO* (sum) − RDPO* (mean): {what} at the end", _paired(named["RDPO* (sum)"], star, fn))
+        for what, metric in (("test reward", "rewards:{trained}"), ("fidelity", "rewards:world-fidelity"),
+                             ("checker all-three", "checker:all")):  # the first row checks the match itself
+            add("sum reduction", f"RDPO* (sum) at the end − RDPO* (mean) at the same validation reward: {what} (test)",
+                _reward_matched(named["RDPO* (sum)"], star, metric))
     if "RDPO* (sum)" in named and "RDPO λ=β (sum)" in named:
         psi, plain = named["RDPO λ=β (sum)"], named["RDPO* (sum)"]
         add("sum reduction", "RDPO λ=β (sum) − RDPO* (sum): test reward at the end", _paired(psi, plain, reward))
