@@ -371,6 +371,8 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
         for what, fn in (("test reward", reward), ("fidelity", fidelity)):
             add("best λ/β, confirmed", f"{confirm[1]['name']} − RDPO* (confirm seeds): {what} at the end",
                 _paired(confirm[1]["specs"], confirm[0]["specs"], fn))
+        add("best λ/β, confirmed", f"{confirm[1]['name']} at the end − RDPO* (confirm seeds) at the same validation "
+            "reward: fidelity (test)", _reward_matched(confirm[1]["specs"], confirm[0]["specs"], "rewards:world-fidelity"))
     best, _ = best_ratio(p, found)
     default_ratio = _default_ratio()
     default = named.get(f"RDPO λ/β={default_ratio:g}")
