@@ -281,12 +281,20 @@ def _drop(spec: RunSpec):
     return None if final is None or best is None else final - best
 
 
-def _r_l_growth(spec: RunSpec):
+def _r_l_growth(spec: RunSpec, metric: str = "pairs:r_l"):
+    """``metric`` (test) at the end − at iteration 20 (on-policy r_l by default)."""
     if not is_done(spec):
         return None
-    xs, ys = curve(spec, "test", "pairs:r_l")
+    xs, ys = curve(spec, "test", metric)
     ref = _r_l_reference_iteration(xs)
     return None if ref is None else ys[-1] - ys[xs.index(ref)]
+
+
+def _r_l_above_pair_mean_growth(spec: RunSpec):
+    """(r_l − pair mean) at the end − at iteration 20, on-policy test pairs: r_l's rise beyond the KL-like drift
+    that lifts both log-ratios (Fig. 1's reading)."""
+    r_l, pair_mean = _r_l_growth(spec), _r_l_growth(spec, "pairs:pair_mean")
+    return None if r_l is None or pair_mean is None else r_l - pair_mean
 
 
 def _paired(a_specs, b_specs, fn_a, fn_b=None) -> dict:
@@ -359,9 +367,15 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
             paired_difference([_r_l_growth(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
         add("Fig. 1", "D3PO: r_l on the fixed reference pairs at the end (test)",
             paired_difference([_final("reference_pairs:r_l")(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
+        add("Fig. 1", "D3PO: on-policy r_l − pair mean at the end − at iteration 20 (test pairs)",
+            paired_difference([_r_l_above_pair_mean_growth(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
         add("Table 3", "D3PO + Ψ − D3PO: test reward at the end", _paired(named["D3PO + Ψ λ=β"], named["D3PO"], reward))
         add("Table 3", "D3PO + Ψ − D3PO: on-policy r_l at the end (test)",
             _paired(named["D3PO + Ψ λ=β"], named["D3PO"], _final("pairs:r_l")))
+        add("Table 3", "D3PO + Ψ − D3PO: fidelity at the end (test)",
+            _paired(named["D3PO + Ψ λ=β"], named["D3PO"], fidelity))
+        add("Table 3", "D3PO + Ψ at the end − D3PO at the same validation reward: fidelity (test)",
+            _reward_matched(named["D3PO + Ψ λ=β"], named["D3PO"], "rewards:world-fidelity"))
     if star:
         for name in ("RDPO* delta-q improvement", "RDPO psi-literal λ=β"):
             if name in named:
