@@ -369,7 +369,11 @@ def comparisons(p: Profile, found: list[dict]) -> list[dict]:
             paired_difference([_final("reference_pairs:r_l")(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
         add("Fig. 1", "D3PO: on-policy r_l − pair mean at the end − at iteration 20 (test pairs)",
             paired_difference([_r_l_above_pair_mean_growth(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
+        add("Table 3", "D3PO: reward given back after the validation peak (final − peak, test)",
+            paired_difference([_drop(s) for s in named["D3PO"]], [0.0] * len(named["D3PO"])))
         add("Table 3", "D3PO + Ψ − D3PO: test reward at the end", _paired(named["D3PO + Ψ λ=β"], named["D3PO"], reward))
+        add("Table 3", "D3PO + Ψ − D3PO: reward given back after the validation peak (final − peak, test)",
+            _paired(named["D3PO + Ψ λ=β"], named["D3PO"], _drop))
         add("Table 3", "D3PO + Ψ − D3PO: on-policy r_l at the end (test)",
             _paired(named["D3PO + Ψ λ=β"], named["D3PO"], _final("pairs:r_l")))
         add("Table 3", "D3PO + Ψ − D3PO: fidelity at the end (test)",
