@@ -40,14 +40,17 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
 
     from rdpo_zoo import world
     from rdpo_zoo.embedded import load_pipeline
-    from rdpo_zoo.preview import caption_grid, cycle_prompts, sample_images, score_images
+    from rdpo_zoo.errors import UserInputError
+    from rdpo_zoo.families import resolve_model_family
+    from rdpo_zoo.preview import caption_grid, cycle_prompts, pipeline_sampler, sample_images, score_images
 
     prompts = cycle_prompts(world.prompt_set(prompt_set, option="--prompts"), n)
     apply_threads(threads)
     pipe = load_pipeline(model, device=device, option="--model")
-    if eta is not None and _sampler(pipe, eta)["sampler"] == "euler":
-        raise click.BadParameter("a flow model samples with its pipeline's deterministic Euler steps and takes no η; "
-                                 "leave it unset", param_hint="--eta")
+    try:
+        sampler = pipeline_sampler(resolve_model_family(pipe), eta)
+    except UserInputError as error:  # the library names `eta`; the command line knows it as --eta
+        raise click.BadParameter(str(error).split(": ", 1)[1], param_hint="--eta") from None
     images = sample_images(pipe, prompts, seed=seed, steps=steps, eta=eta, guidance_scale=guidance, batch_size=batch_size)
     scores, checks, skipped = score_images(images, prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,7 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
 
     report = {
         "model": model, "prompts": prompt_set, "n": n, "seed": seed, "steps": steps, "guidance": guidance,
-        **_sampler(pipe, eta),
+        **sampler,
         "reward_scales": {k: WORLD_REWARDS[k].scale for k in scores if k in WORLD_REWARDS},
         "mean_rewards": {k: sum(v) / len(v) for k, v in scores.items()},
         # The spread over these samples: what each reward's `scale` is set from (docs/world.md).
@@ -77,11 +80,3 @@ def sample(model, prompt_set, n, out_dir, seed, steps, eta, guidance, batch_size
                            "mean_rewards": report["mean_rewards"], **({"check_rates": report["check_rates"]} if checks else {})},
                           indent=2))
 
-
-def _sampler(pipe, eta) -> dict:
-    """The report's sampler fields: DDIM's η, or the flow pipeline's Euler steps."""
-    from rdpo_zoo.families import resolve_model_family
-
-    if resolve_model_family(pipe).pipeline_takes_eta:
-        return {"sampler": "ddim", "eta": 1.0 if eta is None else eta}
-    return {"sampler": "euler", "eta": None}

@@ -10,7 +10,7 @@ import torch
 
 from rdpo_zoo import world
 
-__all__ = ["cycle_prompts", "sample_images", "score_images", "caption_grid"]
+__all__ = ["cycle_prompts", "pipeline_sampler", "sample_images", "score_images", "caption_grid"]
 
 
 def cycle_prompts(prompts: Sequence[str], n: int) -> List[str]:
@@ -22,6 +22,19 @@ def cycle_prompts(prompts: Sequence[str], n: int) -> List[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
+def pipeline_sampler(family, eta: Optional[float] = None) -> dict:
+    """``{"sampler", "eta"}`` of a model family's pipeline sampler: DDIM at η = ``eta`` (default 1), or a flow
+    pipeline's deterministic Euler steps, which take no η (one given is refused)."""
+    from rdpo_zoo.errors import UserInputError
+
+    if family.pipeline_takes_eta:
+        return {"sampler": "ddim", "eta": 1.0 if eta is None else eta}
+    if eta is not None:
+        raise UserInputError(f"eta: a {family.name} pipeline samples with deterministic Euler steps and takes no η; "
+                             f"leave it unset (got {eta!r})")
+    return {"sampler": "euler", "eta": None}
+
+
 def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, eta: Optional[float] = None,
                   guidance_scale: float = 3.0, batch_size: int = 64) -> torch.Tensor:
     """Images ``[N, 3, H, W]`` float32 in [0, 1] on the CPU, one per prompt, from the pipeline's own sampler (``steps``
@@ -31,14 +44,11 @@ def sample_images(pipe, prompts: Sequence[str], seed: int = 0, steps: int = 20, 
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    from rdpo_zoo.errors import UserInputError
     from rdpo_zoo.families import resolve_model_family
 
     family = resolve_model_family(pipe)
-    if not family.pipeline_takes_eta and eta is not None:
-        raise UserInputError(f"eta: a {family.name} pipeline samples with deterministic Euler steps and takes no η; "
-                             f"leave it unset (got {eta!r})")
-    noise = {"eta": 1.0 if eta is None else eta} if family.pipeline_takes_eta else {}
+    sampler = pipeline_sampler(family, eta)
+    noise = {} if sampler["eta"] is None else {"eta": sampler["eta"]}
     latent_shape = family.latent_shape(family.default_resolution())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
