@@ -252,9 +252,9 @@ def specs(p: Profile) -> list[RunSpec]:
         return []
     if chosen_setting(p)[1].startswith("provisional"):
         return grid_specs(p)
-    out = grid_specs(p)
-    for tier in sorted({a["tier"] for a in all_arms(p)}, key=_TRAIN_ORDER.__getitem__):
-        tier_specs = [s for a in all_arms(p) if a["tier"] == tier for s in a["specs"]]
+    out, found = grid_specs(p), all_arms(p)  # all_arms reads the runs' checkpoints (the best λ/β): once
+    for tier in sorted({a["tier"] for a in found}, key=_TRAIN_ORDER.__getitem__):
+        tier_specs = [s for a in found if a["tier"] == tier for s in a["specs"]]
         # seed by seed (the arms in order within a seed): an interrupted tier has whole seeds of every arm, which
         # its paired comparisons can use
         out += sorted(tier_specs, key=lambda s: s.seed)
